@@ -1,0 +1,111 @@
+"""The ASGI application: routes, the lifespan that builds `Services`, error mapping.
+
+Errors map to problem+json in one place (`_problem_handlers`): our own
+`StoriesError` tree, Starlette's HTTP errors (unknown route, wrong method),
+Redis being unreachable (503 with Retry-After, never a false success), and
+anything unexpected (500, logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import redis.exceptions
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from server import http_admin, http_media, http_stories, http_users
+from server.clock import Clock
+from server.errors import ServiceUnavailable, StoriesError
+from server.responses import problem_response
+from server.services import Services
+from server.settings import Settings
+
+log = logging.getLogger("stories")
+DEMO_DIR = Path(__file__).resolve().parent.parent / "client_demo"
+
+
+async def _stories_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoriesError)
+    return problem_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    err = StoriesError(str(exc.detail))
+    err.status, err.title = exc.status_code, str(exc.detail)
+    err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    return problem_response(err)
+
+
+async def _redis_down(request: Request, exc: Exception) -> Response:
+    settings: Settings = request.app.state.settings
+    log.warning("redis unavailable: %s", exc)
+    return problem_response(
+        ServiceUnavailable(
+            "storage is unavailable; retry shortly", retry_after_s=settings.redis_retry_after_s
+        )
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(StoriesError("unexpected server error"))
+
+
+_problem_handlers: dict[Any, Any] = {
+    StoriesError: _stories_error,
+    HTTPException: _http_error,
+    redis.exceptions.ConnectionError: _redis_down,
+    redis.exceptions.TimeoutError: _redis_down,
+    redis.exceptions.BusyLoadingError: _redis_down,
+    Exception: _unexpected,
+}
+
+
+def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
+    """The app for `settings` (with `redis_url` set); `clock` is injectable for tests."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await Services.start(settings, clock)
+        app.state.services = services
+        try:
+            if settings.demo:
+                from server.seed import seed_demo
+
+                await seed_demo(services)
+            yield
+        finally:
+            await services.close()
+
+    api = http_users.routes + http_stories.routes + http_admin.admin_routes
+    routes: list[Any] = [
+        Mount("/api/v1", routes=api),
+        *http_media.routes,
+        *http_admin.health_routes,
+    ]
+    if DEMO_DIR.is_dir():
+        routes.append(Mount("/", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"))
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_problem_handlers)
+    app.state.settings = settings
+    return app
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory for worker processes: settings come resolved from the CLI."""
+    raw = os.environ.get("STORIES_RESOLVED_SETTINGS")
+    if not raw:
+        from server.settings import load_settings
+
+        return create_app(load_settings())
+    return create_app(Settings.from_json(raw))

@@ -1,0 +1,173 @@
+"""The `stories` command: `serve`, `rollout show|set`, `token`.
+
+`stories serve` resolves settings (defaults < --config TOML < STORIES_* env <
+flags), starts the embedded Redis when no Redis URL is given, checks that
+Redis answers (a clear message and exit code 2 when it does not), prints the
+URL and the Redis in use, then runs uvicorn with N workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from server.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from server.settings import Settings, load_settings
+
+EXIT_CONFIG = 2
+EXIT_REDIS = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stories", description="Stories server")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP/WebSocket server")
+    _common(serve)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.add_argument("--dev-login", action="store_true", default=None)
+    serve.add_argument(
+        "--demo", action="store_true", default=None, help="seed demo data; implies --dev-login"
+    )
+    serve.add_argument("--lifetime-seconds", type=int, help="override every story lifetime")
+    rollout = sub.add_parser("rollout", help="show or set the pilot rollout gate")
+    _common(rollout)
+    rollout.add_argument("action", choices=["show", "set"])
+    rollout.add_argument("--open", action="store_true", help="everyone may post")
+    rollout.add_argument("--allow", default="", help="comma-separated user ids or handles")
+    rollout.add_argument("--percent", type=int, default=0, help="0-100, stable hash of the user id")
+    rollout.add_argument("--countries", default="", help="comma-separated ISO country codes")
+    token = sub.add_parser("token", help="mint an HS256 token for a user id (development)")
+    _common(token)
+    token.add_argument("user_id")
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML settings file")
+    p.add_argument("--redis-url")
+    p.add_argument("--data-dir")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = (
+        "host",
+        "port",
+        "workers",
+        "dev_login",
+        "demo",
+        "lifetime_seconds",
+        "redis_url",
+        "data_dir",
+    )
+    overrides = {n: getattr(args, n, None) for n in names}
+    return load_settings(args.config, overrides=overrides)
+
+
+@contextlib.contextmanager
+def redis_for(settings: Settings) -> Iterator[str]:
+    """The Redis URL to use, starting (and finally stopping) the embedded one if needed."""
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    embedded = EmbeddedRedis(settings.data_dir)
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+def check_redis(url: str, timeout_s: float = 5.0) -> str:
+    """The Redis version at `url`; raises redis.RedisError when it does not answer."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        return str(client.info("server")["redis_version"])
+    finally:
+        client.close()
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    with redis_for(settings) as url:
+        settings.redis_url = url
+        version = check_redis(url)
+        kind = "embedded" if url.startswith("unix://") else "external"
+        print(f"Stories server on http://{settings.host}:{settings.port}/  (Redis {version}, {kind}: {url})",
+              flush=True)  # fmt: skip
+        import os
+
+        os.environ["STORIES_RESOLVED_SETTINGS"] = settings.to_json().decode()
+        uvicorn.run(
+            "server.app:app_from_env", factory=True, host=settings.host, port=settings.port,
+            workers=settings.workers if settings.workers > 1 else None, log_level=settings.log_level,
+            ws="websockets-sansio", timeout_graceful_shutdown=int(settings.ws_drain_timeout_s),
+            lifespan="on",
+        )  # fmt: skip
+    return 0
+
+
+async def _rollout(settings: Settings, args: argparse.Namespace, url: str) -> dict[str, Any]:
+    from server.keys import Keys
+    from server.rollout import Gate, Rollout
+    from server.services import redis_client
+
+    client = redis_client(url)
+    try:
+        rollout = Rollout(client, Keys(settings.redis_prefix).rollout())
+        if args.action == "set":
+            split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+            gate = Gate.parse({"open": args.open, "allow": split(args.allow), "percent": args.percent,
+                               "countries": split(args.countries)})  # fmt: skip
+            await rollout.set(gate)
+        return (await rollout.get()).to_json()
+    finally:
+        await client.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except (ValueError, OSError) as exc:
+        print(f"stories: bad configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.command == "serve":
+            return serve(settings)
+        if args.command == "token":
+            from server.auth import Authenticator
+
+            print(Authenticator(settings).mint(args.user_id, int(time.time())))
+            return 0
+        with redis_for(settings) as url:
+            import orjson
+
+            gate = asyncio.run(_rollout(settings, args, url))
+            print(orjson.dumps(gate, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    except EmbeddedRedisError as exc:
+        print(f"stories: {exc}", file=sys.stderr)
+        return EXIT_REDIS
+    except redis.RedisError as exc:
+        print(
+            f"stories: Redis at {settings.redis_url or 'embedded'} does not answer: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_REDIS
+    except Exception as exc:
+        from server.errors import StoriesError
+
+        if isinstance(exc, StoriesError):
+            print(f"stories: {exc.detail}", file=sys.stderr)
+            return EXIT_CONFIG
+        raise

@@ -1,0 +1,117 @@
+"""One error vocabulary: a small exception tree mapped to problem+json (RFC 9457).
+
+Every error the API reports is a `StoriesError` subclass carrying its HTTP
+status, a problem `type` slug and a human `detail`. `app.py` maps them to
+`application/problem+json` in one place; nothing else builds error bodies.
+Problem types are relative URIs `/problems/<slug>` (RFC 9457 section 3.1.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM_BASE = "/problems/"
+
+
+class StoriesError(Exception):
+    """Base of every error reported to a client.
+
+    Attributes: `status` (HTTP status), `slug` (problem type suffix), `title`,
+    `detail` (human text), `errors` (field problems, `[{"field", "detail"}]`),
+    `headers` (extra response headers, e.g. Retry-After).
+    """
+
+    status = 500
+    slug = "internal"
+    title = "Internal error"
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.errors = errors
+        self.headers = headers or {}
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def problem(self) -> dict[str, Any]:
+        """The RFC 9457 body: `{"type", "title", "status", "detail"[, "errors"]}`."""
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+class BadRequest(StoriesError):
+    status, slug, title = 400, "malformed", "Malformed request"
+
+
+class Unauthorized(StoriesError):
+    status, slug, title = 401, "unauthorized", "Missing or invalid token"
+
+
+class Forbidden(StoriesError):
+    status, slug, title = 403, "forbidden", "Not allowed"
+
+
+class StoriesNotEnabled(Forbidden):
+    slug, title = "stories-not-enabled", "Posting stories is not enabled for this user"
+
+
+class NotFound(StoriesError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(StoriesError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(StoriesError):
+    status, slug, title = 413, "too-large", "Payload too large"
+
+
+class UnsupportedMedia(StoriesError):
+    status, slug, title = 415, "unsupported-media", "Unsupported media"
+
+
+class InvalidField(StoriesError):
+    status, slug, title = 422, "invalid", "Invalid field"
+
+
+class InvalidMedia(InvalidField):
+    slug, title = "invalid-media", "Media cannot be used"
+
+
+class RateLimited(StoriesError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+    def __init__(self, detail: str = "", *, retry_after_s: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class ServiceUnavailable(StoriesError):
+    status, slug, title = 503, "unavailable", "A dependency is down"
+
+    def __init__(self, detail: str = "", *, retry_after_s: int = 2) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+def field_error(field: str, detail: str) -> InvalidField:
+    """A 422 for one field: `errors == [{"field": field, "detail": detail}]`."""
+    return InvalidField(f"{field}: {detail}", errors=[{"field": field, "detail": detail}])
+
+
+class LengthRequired(StoriesError):
+    status, slug, title = 411, "length-required", "Content-Length required"

@@ -1,0 +1,85 @@
+"""Helpers every HTTP endpoint shares: the caller, JSON bodies, paging."""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+
+from server.auth import Principal, bearer_token
+from server.errors import BadRequest, PayloadTooLarge, field_error
+from server.users import User
+
+if TYPE_CHECKING:
+    from server.services import Services
+
+MAX_JSON_BYTES = 64 * 1024
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def services(request: Request) -> Services:
+    """The lifespan-built services of the app handling `request`."""
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def caller(request: Request) -> tuple[Principal, User]:
+    """The authenticated caller and their User (created on first use). Raises 401."""
+    svc = services(request)
+    principal = svc.auth.verify(bearer_token(request.headers.get("authorization")))
+    user = await svc.store.users.ensure(principal.user_id, principal.claims)
+    return principal, user
+
+
+async def read_json(request: Request, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """The body as a JSON object. Raises 413 when larger than `max_bytes`, 400 when malformed."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes")
+    if not body.strip():
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data
+
+
+def encode_cursor(offset: int | None) -> str | None:
+    if offset is None:
+        return None
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+
+
+def paging(request: Request) -> tuple[int, int]:
+    """`(offset, limit)` from `?cursor=&limit=`. Raises 422 on a bad cursor or limit."""
+    limit = limit_only(request)
+    cursor = request.query_params.get("cursor")
+    if not cursor:
+        return 0, limit
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind != "o" or not value.isdigit():
+            raise ValueError
+    except ValueError:
+        raise field_error("cursor", "not a cursor this endpoint issued") from None
+    return int(value), limit
+
+
+def limit_only(request: Request) -> int:
+    """`?limit=` (1-100, default 20). Raises 422 otherwise."""
+    raw_limit = request.query_params.get("limit", str(DEFAULT_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        raise field_error("limit", f"an integer 1-{MAX_LIMIT}")
+    return int(raw_limit)

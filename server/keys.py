@@ -1,0 +1,118 @@
+"""Every Redis key and channel name, in one place, under one configurable prefix.
+
+Keys of one owner carry the hash tag `{owner}` so they live on one Cluster slot;
+keys of one viewer carry `{viewer}`. Item ids are `<owner>.<seq>`: `seq` comes
+from the owner's counter, so "seen up to seq N" is one number per owner (the
+max-read-id model, as Telegram uses for stories).
+"""
+
+from __future__ import annotations
+
+import re
+
+USER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def item_id(owner_id: str, seq: int) -> str:
+    """`("u_ab", 7)` → `"u_ab.7"`."""
+    return f"{owner_id}.{seq}"
+
+
+def split_item_id(text: str) -> tuple[str, int] | None:
+    """`"u_ab.7"` → `("u_ab", 7)`; None when `text` is not an item id."""
+    owner, sep, seq = text.rpartition(".")
+    if not sep or not USER_ID_RE.match(owner) or not seq.isdigit() or len(seq) > 15:
+        return None
+    return owner, int(seq)
+
+
+class Keys:
+    """Key and channel names under `prefix` (default `st1:`)."""
+
+    def __init__(self, prefix: str = "st1:") -> None:
+        self.p = prefix
+
+    # users
+    def user(self, uid: str) -> str:
+        return f"{self.p}user:{{{uid}}}"
+
+    def handle(self, handle: str) -> str:
+        return f"{self.p}handle:{handle}"
+
+    # graph
+    def following(self, uid: str) -> str:
+        return f"{self.p}fw:{{{uid}}}:following"
+
+    def followers(self, uid: str) -> str:
+        return f"{self.p}fw:{{{uid}}}:followers"
+
+    def close_friends(self, owner: str) -> str:
+        return f"{self.p}cf:{{{owner}}}"
+
+    def close_friend_of(self, viewer: str) -> str:
+        return f"{self.p}cfof:{{{viewer}}}"
+
+    def hidden(self, owner: str) -> str:
+        return f"{self.p}hid:{{{owner}}}"
+
+    def hidden_from(self, viewer: str) -> str:
+        return f"{self.p}hidfrom:{{{viewer}}}"
+
+    # stories
+    def seq(self, owner: str) -> str:
+        return f"{self.p}st:{{{owner}}}:seq"
+
+    def items(self, owner: str) -> str:
+        return f"{self.p}st:{{{owner}}}:items"
+
+    def item(self, owner: str, seq: int) -> str:
+        return f"{self.p}st:{{{owner}}}:item:{seq}"
+
+    def archive(self, owner: str) -> str:
+        return f"{self.p}st:{{{owner}}}:archive"
+
+    def views(self, owner: str, seq: int) -> str:
+        return f"{self.p}views:{{{owner}}}:{seq}"
+
+    def reactions(self, owner: str, seq: int) -> str:
+        return f"{self.p}rx:{{{owner}}}:{seq}"
+
+    def replies(self, owner: str, seq: int) -> str:
+        return f"{self.p}rp:{{{owner}}}:{seq}"
+
+    def seen(self, viewer: str) -> str:
+        return f"{self.p}seen:{{{viewer}}}"
+
+    # schedules, gates, locks
+    def expiry_schedule(self) -> str:
+        return f"{self.p}sched:expire"
+
+    def media_gc_schedule(self) -> str:
+        return f"{self.p}sched:mediagc"
+
+    def sweeper_lock(self) -> str:
+        return f"{self.p}lock:sweeper"
+
+    def rollout(self) -> str:
+        return f"{self.p}rollout"
+
+    def idempotency(self, uid: str, key: str) -> str:
+        return f"{self.p}idem:{{{uid}}}:{key}"
+
+    def rate(self, uid: str, what: str, window: int) -> str:
+        return f"{self.p}rl:{{{uid}}}:{what}:{window}"
+
+    def demo_seeded(self) -> str:
+        return f"{self.p}demo:seeded"
+
+    # channels
+    def stories_channel(self, owner: str) -> str:
+        """Lifecycle of an owner's items (story.new, story.removed, audience changes)."""
+        return f"{self.p}ev:{{{owner}}}:stories"
+
+    def inbox_channel(self, uid: str) -> str:
+        """Personal events: seen-by, view counts, seen sync, replies, capture results, graph."""
+        return f"{self.p}ev:{{{uid}}}:inbox"
+
+    def canary_channel(self, node_id: str) -> str:
+        return f"{self.p}ev:canary:{node_id}"

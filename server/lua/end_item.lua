@@ -1,0 +1,16 @@
+-- End an active item (expired or deleted): unindex, archive, publish. Idempotent.
+-- KEYS[1] item hash  KEYS[2] active-items ZSET  KEYS[3] archive ZSET
+-- ARGV[1] reason ("expired" | "deleted")  ARGV[2] now ms  ARGV[3] hash PEXPIREAT ms
+-- ARGV[4] channel  ARGV[5] event payload
+-- Returns 1 when this call ended the item, 0 when it was not active.
+if redis.call('HGET', KEYS[1], 'status') ~= 'active' then
+  return 0
+end
+local member = redis.call('HGET', KEYS[1], 'member')
+local seq = redis.call('HGET', KEYS[1], 'seq')
+redis.call('ZREM', KEYS[2], member)
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_at', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], seq)
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1

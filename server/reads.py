@@ -1,0 +1,182 @@
+"""Reading stories: one item, a user's stories, the tray, the archive.
+
+Every read filters on `expires_at` itself, so an item vanishes at its expiry
+even before the sweeper has run, and applies the audience rules of
+`audience.py`; an item the caller may not see is answered as missing.
+
+The tray is computed on read in three round trips whatever the number of
+followed owners: (1) the viewer's following list, seen map, close-friend-of
+and hidden-from sets; (2) one pipelined ZRANGEBYSCORE per followed owner;
+(3) the User records of owners with a ring.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.audience import Relation
+from server.clock import rfc3339
+from server.errors import NotFound
+from server.items import ItemRecord, Json, render
+from server.keys import item_id, split_item_id
+from server.store import Store
+from server.tray import ActiveItem, TrayState, order_tray, ring, visible_items
+
+
+def _active(raw: list[Any]) -> list[ActiveItem]:
+    return [ActiveItem.parse(member, score) for member, score in raw]
+
+
+class StoryReader:
+    """Audience-checked reads for one caller at a time."""
+
+    def __init__(self, store: Store) -> None:
+        self.s = store
+
+    async def record(self, text_id: str) -> ItemRecord | None:
+        """The stored record of item `text_id` in any status, or None."""
+        parsed = split_item_id(text_id)
+        if parsed is None:
+            return None
+        raw = await self.s.redis.hgetall(self.s.keys.item(*parsed))
+        return ItemRecord.from_hash(raw)
+
+    async def visible(self, viewer: str, text_id: str) -> ItemRecord:
+        """A live item `viewer` may see. Raises NotFound (404) otherwise, hidden included."""
+        rec = await self.record(text_id)
+        if rec is None or not rec.is_live(self.s.clock.now_ms()):
+            raise NotFound(f"no story item {text_id}")
+        relation = await self.s.graph.relation(viewer, rec.owner)
+        if not relation.can_see(rec.audience):
+            raise NotFound(f"no story item {text_id}")
+        return rec
+
+    async def render_many(
+        self, viewer: str, recs: list[ItemRecord], archive: bool = False
+    ) -> list[Json]:
+        """StoryItems for `viewer`: owners, shared-from owners, seen flags, view counts."""
+        owner_ids = {r.owner for r in recs}
+        roots = {r.shared_from: split_item_id(r.shared_from) for r in recs if r.shared_from}
+        owner_ids |= {p[0] for p in roots.values() if p}
+        users = await self.s.users.many(sorted(owner_ids))
+        pipe = self.s.redis.pipeline(transaction=False)
+        pipe.hgetall(self.s.keys.seen(viewer))
+        own = [r for r in recs if r.owner == viewer]
+        for r in own:
+            pipe.zcard(self.s.keys.views(r.owner, r.seq))
+        seen_raw, *counts = await pipe.execute()
+        seen = {k.decode(): int(v) for k, v in seen_raw.items()}
+        count_of = {r.id: c for r, c in zip(own, counts, strict=True)}
+        retention = self.s.settings.archive_retention_s * 1000
+        out = []
+        for r in recs:
+            root = roots.get(r.shared_from) if r.shared_from else None
+            shared = {"item_id": r.shared_from, "owner": users.get(root[0])} if root else None
+            out.append(
+                render(
+                    r,
+                    users.get(r.owner) or {"id": r.owner},
+                    self.s.signer,
+                    seen=r.owner == viewer or r.seq <= seen.get(r.owner, 0),
+                    view_count=count_of.get(r.id),
+                    shared_from=shared,
+                    archive_until_ms=(r.ended_ms or r.expires_ms) + retention if archive else None,
+                )
+            )
+        return out
+
+    async def _active_items(self, owner: str) -> list[ActiveItem]:
+        now = self.s.clock.now_ms()
+        raw = await self.s.redis.zrangebyscore(
+            self.s.keys.items(owner), f"({now}", "+inf", withscores=True
+        )
+        return _active(raw)
+
+    async def _records(self, owner: str, items: list[ActiveItem]) -> list[ItemRecord]:
+        pipe = self.s.redis.pipeline(transaction=False)
+        for i in items:
+            pipe.hgetall(self.s.keys.item(owner, i.seq))
+        now = self.s.clock.now_ms()
+        recs = [ItemRecord.from_hash(raw) for raw in await pipe.execute()]
+        return [r for r in recs if r is not None and r.is_live(now)]
+
+    async def user_stories(self, viewer: str, owner: Json) -> Json:
+        """`{"owner", "items" (oldest first), "first_unseen_id"}` for `viewer`."""
+        relation = await self.s.graph.relation(viewer, owner["id"])
+        items = visible_items(
+            await self._active_items(owner["id"]), relation, self.s.clock.now_ms()
+        )
+        recs = await self._records(owner["id"], items)
+        rendered = await self.render_many(viewer, recs)
+        unseen = next((i["id"] for i in rendered if not i["seen"]), None)
+        return {"owner": owner, "items": rendered, "first_unseen_id": unseen}
+
+    async def tray(self, viewer: str) -> list[Json]:
+        """The caller's tray entries in PROTOCOL.md order (see module docstring)."""
+        k = self.s.keys
+        now = self.s.clock.now_ms()
+        pipe = self.s.redis.pipeline(transaction=False)
+        pipe.zrange(k.following(viewer), 0, -1)
+        pipe.hgetall(k.seen(viewer))
+        pipe.smembers(k.close_friend_of(viewer))
+        pipe.smembers(k.hidden_from(viewer))
+        following_raw, seen_raw, cfof_raw, hidden_raw = await pipe.execute()
+        hidden = {m.decode() for m in hidden_raw}
+        cfof = {m.decode() for m in cfof_raw}
+        seen = {key.decode(): int(v) for key, v in seen_raw.items()}
+        owners = [viewer] + [m.decode() for m in following_raw if m.decode() not in hidden]
+        owners = list(dict.fromkeys(owners))
+        pipe = self.s.redis.pipeline(transaction=False)
+        for owner in owners:
+            pipe.zrangebyscore(k.items(owner), f"({now}", "+inf", withscores=True)
+        rings: list[TrayState] = []
+        for owner, raw in zip(owners, await pipe.execute(), strict=True):
+            relation = Relation(is_owner=owner == viewer, follows=True, close_friend=owner in cfof)
+            items = visible_items(_active(raw), relation, now)
+            state = ring(owner, items, seen.get(owner, 0), own=owner == viewer)
+            if state:
+                rings.append(state)
+        return await self._entries(order_tray(viewer, rings))
+
+    async def tray_entry(self, viewer: str, owner: str) -> Json | None:
+        """One owner's TrayEntry for `viewer`, or None when the viewer has no ring for it."""
+        relation = await self.s.graph.relation(viewer, owner)
+        if not (relation.is_owner or relation.follows) or relation.hidden:
+            return None
+        pipe = self.s.redis.pipeline(transaction=False)
+        pipe.hget(self.s.keys.seen(viewer), owner)
+        (seen_seq,) = await pipe.execute()
+        items = visible_items(await self._active_items(owner), relation, self.s.clock.now_ms())
+        state = ring(owner, items, int(seen_seq or 0), own=relation.is_owner)
+        entries = await self._entries([state] if state else [])
+        return entries[0] if entries else None
+
+    async def _entries(self, rings: list[TrayState]) -> list[Json]:
+        users = await self.s.users.many([r.owner_id for r in rings])
+        return [
+            {
+                "owner": users.get(r.owner_id) or {"id": r.owner_id},
+                "has_unseen": r.has_unseen,
+                "item_count": r.item_count,
+                "latest_at": rfc3339(r.latest_ms),
+                "first_unseen_id": item_id(r.owner_id, r.first_unseen_seq)
+                if r.first_unseen_seq is not None
+                else None,
+            }
+            for r in rings
+        ]
+
+    async def archive(self, owner: str, offset: int, limit: int) -> tuple[list[Json], int | None]:
+        """The owner's expired or deleted items, newest first: (items, next offset)."""
+        k = self.s.keys
+        now = self.s.clock.now_ms()
+        cutoff = now - self.s.settings.archive_retention_s * 1000
+        await self.s.redis.zremrangebyscore(k.archive(owner), "-inf", cutoff)
+        seqs = await self.s.redis.zrevrange(k.archive(owner), offset, offset + limit)
+        more = len(seqs) > limit
+        pipe = self.s.redis.pipeline(transaction=False)
+        for seq in seqs[:limit]:
+            pipe.hgetall(k.item(owner, int(seq)))
+        recs = [r for r in map(ItemRecord.from_hash, await pipe.execute()) if r is not None]
+        rendered = await self.render_many(owner, recs, archive=True)
+        return rendered, (offset + limit if more else None)

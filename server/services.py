@@ -1,0 +1,97 @@
+"""Everything the app's lifespan builds, in start order, and its ordered shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from server.auth import Authenticator, load_or_create_secret
+from server.clock import Clock, SystemClock
+from server.graph import Graph
+from server.keys import Keys
+from server.limits import Idempotency
+from server.reads import StoryReader
+from server.rollout import Rollout
+from server.scripts import Scripts
+from server.seen import SeenBook
+from server.settings import Settings
+from server.signing import MediaSigner
+from server.storage import LocalStorage
+from server.store import Store
+from server.stories import StoryWriter
+from server.sweeper import Sweeper
+from server.uploads import MediaPool
+from server.users import UserStore
+
+log = logging.getLogger("stories")
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """An asyncio client with short timeouts, so an outage turns into 503s quickly."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=10,
+    )
+
+
+@dataclass
+class Services:
+    """The server's parts, handed to handlers through `app.state.services`."""
+
+    settings: Settings
+    store: Store
+    auth: Authenticator
+    writer: StoryWriter
+    reader: StoryReader
+    seen: SeenBook
+    rollout: Rollout
+    idempotency: Idempotency
+    media: MediaPool
+    sweeper: Sweeper
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    readiness: dict[str, Callable[[], str]] = field(default_factory=dict)  # name → "ok" | why not
+
+    @classmethod
+    async def start(cls, settings: Settings, clock: Clock | None = None) -> Services:
+        """Connect to Redis (settings.redis_url must be set) and build every part."""
+        if not settings.redis_url:
+            raise RuntimeError("redis_url is not set; the CLI starts the embedded Redis")
+        redis = redis_client(settings.redis_url)
+        keys = Keys(settings.redis_prefix)
+        data = settings.data_path.resolve()
+        media_secret = (settings.media_secret or "").encode() or load_or_create_secret(
+            data, "media"
+        )
+        store = Store(
+            redis=redis, keys=keys, scripts=Scripts(redis), users=UserStore(redis, keys),
+            graph=Graph(redis, keys), signer=MediaSigner(media_secret),
+            storage=LocalStorage(data), clock=clock or SystemClock(), settings=settings,
+        )  # fmt: skip
+        writer, reader = StoryWriter(store), StoryReader(store)
+        svc = cls(
+            settings=settings, store=store, auth=Authenticator(settings), writer=writer,
+            reader=reader, seen=SeenBook(store, reader), rollout=Rollout(redis, keys.rollout()),
+            idempotency=Idempotency(redis, keys),
+            media=MediaPool(settings.media_workers, settings.media_queue),
+            sweeper=Sweeper(store, writer),
+        )  # fmt: skip
+        svc.tasks.append(asyncio.create_task(svc.sweeper.run(), name="sweeper"))
+        return svc
+
+    async def close(self) -> None:
+        """Stop background tasks, the media pool, then Redis — in that order."""
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.media.close()
+        await self.store.redis.aclose()

@@ -1,0 +1,122 @@
+"""Uploads: bounded multipart parsing and a bounded pool for media work.
+
+Media work (Pillow, PyAV) runs in `MediaPool`'s threads, never on the event
+loop. At most `workers + queue` jobs are admitted at once; beyond that a post
+gets 503 with Retry-After instead of an unbounded wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from server.errors import (
+    BadRequest,
+    LengthRequired,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    field_error,
+)
+from server.media import MediaLimits, ProcessedMedia, process_media
+
+COPY_CHUNK = 1024 * 1024
+
+
+class MediaPool:
+    """`workers` threads plus room for `queue` waiting jobs."""
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="media")
+        self.capacity = workers + queue
+        self.inflight = 0
+
+    async def process(self, src: Path, workdir: Path, limits: MediaLimits) -> ProcessedMedia:
+        """Run `process_media` in a worker thread. Raises ServiceUnavailable when full."""
+        if self.inflight >= self.capacity:
+            raise ServiceUnavailable("media processing is busy; retry shortly", retry_after_s=5)
+        self.inflight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, process_media, src, workdir, limits)
+        finally:
+            self.inflight -= 1
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class PostForm:
+    """The fields of a story upload, files saved under `workdir`."""
+
+    media_path: Path
+    caption: str | None
+    audience: str | None
+    lifetime_h: str | None
+
+
+@asynccontextmanager
+async def workdir(tmp_root: Path) -> AsyncIterator[Path]:
+    """A private temporary folder, removed with everything in it on exit."""
+    path = tmp_root / uuid.uuid4().hex
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def read_post_form(request: Request, folder: Path, max_bytes: int) -> PostForm:
+    """Parse a `multipart/form-data` story upload into `folder`.
+
+    Raises LengthRequired (411) without Content-Length, PayloadTooLarge (413)
+    above `max_bytes`, BadRequest (400) for malformed multipart, InvalidField
+    (422) when the `media` file is missing.
+    """
+    declared = request.headers.get("content-length")
+    if not declared or not declared.isdigit():
+        raise LengthRequired("uploads need a Content-Length header")
+    if int(declared) > max_bytes + 64 * 1024:
+        raise PayloadTooLarge(f"uploads are limited to {max_bytes} bytes")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequest("expected multipart/form-data with a `media` file")
+    try:
+        form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from None
+    try:
+        upload = form.get("media")
+        if not isinstance(upload, UploadFile):
+            raise field_error("media", "a file is required")
+        if upload.size is not None and upload.size > max_bytes:
+            raise PayloadTooLarge(f"uploads are limited to {max_bytes} bytes")
+        dest = folder / "upload"
+        with dest.open("wb") as out:
+            while chunk := await upload.read(COPY_CHUNK):
+                out.write(chunk)
+        return PostForm(
+            dest,
+            _text(form.get("caption")),
+            _text(form.get("audience")),
+            _text(form.get("lifetime_h")),
+        )
+    finally:
+        await form.close()
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest("only `media` may be a file")
+    return value

@@ -1,0 +1,108 @@
+"""Shared fixtures: a real Redis (embedded, or REDIS_URL), an app through its lifespan.
+
+Every test gets its own key prefix and data dir, so tests never see each
+other's data. The embedded redis-server is started once per session and
+stopped by its PID at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from server.app import create_app
+from server.clock import ManualClock
+from server.embedded_redis import EmbeddedRedis
+from server.settings import Settings
+
+MEDIA = Path(__file__).parent / "media"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        redis_prefix=f"t{uuid.uuid4().hex[:10]}:",
+        data_dir=str(tmp_path / "data"),
+        dev_login=True,
+        jwt_secret="test-secret-" + "x" * 32,
+        media_secret="media-secret",
+        sweep_interval_s=0.05,
+        posts_per_minute=1000,
+    )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def client(settings: Settings, clock: ManualClock) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, clock)) as c:
+        yield c
+
+
+class Api:
+    """A signed-in user talking to the app: `api.get(path)` etc. with their token."""
+
+    def __init__(self, client: TestClient, token: str, user: dict[str, Any]) -> None:
+        self.client = client
+        self.token = token
+        self.user = user
+        self.id = user["id"]
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def __getattr__(self, method: str) -> Any:
+        def call(path: str, **kw: Any) -> Any:
+            headers = {**self.headers, **kw.pop("headers", {})}
+            return self.client.request(method.upper(), "/api/v1" + path, headers=headers, **kw)
+
+        return call
+
+    def post_media(self, name: str, **fields: Any) -> Any:
+        data = {k: str(v) for k, v in fields.pop("data", {}).items()}
+        with (MEDIA / name).open("rb") as fh:
+            return self.post("/stories", files={"media": (name, fh)}, data=data, **fields)
+
+    def follow(self, other: Api) -> None:
+        assert self.put(f"/me/following/{other.id}").status_code == 204
+
+
+@pytest.fixture
+def login(client: TestClient) -> Any:
+    def _login(handle: str) -> Api:
+        r = client.post("/api/v1/auth/dev-login", json={"handle": handle})
+        assert r.status_code == 200, r.text
+        return Api(client, r.json()["token"], r.json()["user"])
+
+    return _login
+
+
+def assert_problem(resp: Any, status: int, slug: str) -> dict[str, Any]:
+    """The response is problem+json with `status` and type ending in `slug`."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["status"] == status and body["type"].endswith("/" + slug), body
+    assert body["title"] and body["detail"]
+    return dict(body)
