@@ -28,7 +28,9 @@ def test_default_toml_lists_every_setting_with_the_code_default():
 def test_precedence_file_env_flags(tmp_path):
     cfg = tmp_path / "s.toml"
     cfg.write_text('port = 9000\nhost = "0.0.0.0"\nworkers = 3\n')
-    s = load_settings(cfg, env={"STORIES_PORT": "9100", "STORIES_DEV_LOGIN": "true"}, overrides={"port": 9200})
+    s = load_settings(
+        cfg, env={"STORIES_PORT": "9100", "STORIES_DEV_LOGIN": "true"}, overrides={"port": 9200}
+    )
     assert (s.port, s.host, s.workers, s.dev_login) == (9200, "0.0.0.0", 3, True)
 
 
