@@ -21,13 +21,17 @@ def encode(event: Json) -> bytes:
     return orjson.dumps(event)
 
 
-def story_new(owner_id: str, seq: int, audience: str, item: Json) -> Json:
+def story_new(
+    owner_id: str, seq: int, audience: str, created_ms: int, expires_ms: int, item: Json
+) -> Json:
     """`item` is the StoryItem as a follower sees it (seen false, view_count null)."""
     return {
         "type": "story.new",
         "owner_id": owner_id,
         "seq": seq,
         "audience": audience,
+        "created_ms": created_ms,
+        "expires_ms": expires_ms,
         "item": item,
     }
 

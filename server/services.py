@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from server.auth import Authenticator, load_or_create_secret
+from server.broker import Broker
 from server.clock import Clock, SystemClock
 from server.graph import Graph
+from server.hub import Hub
 from server.keys import Keys
 from server.limits import Idempotency
 from server.reads import StoryReader
@@ -56,6 +59,8 @@ class Services:
     idempotency: Idempotency
     media: MediaPool
     sweeper: Sweeper
+    hub: Hub
+    broker: Broker
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     readiness: dict[str, Callable[[], str]] = field(default_factory=dict)  # name → "ok" | why not
 
@@ -76,22 +81,29 @@ class Services:
             storage=LocalStorage(data), clock=clock or SystemClock(), settings=settings,
         )  # fmt: skip
         writer, reader = StoryWriter(store), StoryReader(store)
+        hub = Hub(store, reader)
+        broker = Broker(redis, hub, keys.canary_channel(secrets.token_hex(6)))
         svc = cls(
             settings=settings, store=store, auth=Authenticator(settings), writer=writer,
             reader=reader, seen=SeenBook(store, reader), rollout=Rollout(redis, keys.rollout()),
             idempotency=Idempotency(redis, keys),
             media=MediaPool(settings.media_workers, settings.media_queue),
-            sweeper=Sweeper(store, writer),
+            sweeper=Sweeper(store, writer), hub=hub, broker=broker,
         )  # fmt: skip
+        hub.bind(broker)
+        await broker.start()
+        svc.readiness["pubsub"] = broker.readiness
         svc.tasks.append(asyncio.create_task(svc.sweeper.run(), name="sweeper"))
         return svc
 
     async def close(self) -> None:
-        """Stop background tasks, the media pool, then Redis — in that order."""
+        """Close sockets (1012), stop background tasks, the broker, media pool, Redis."""
+        await self.hub.drain(self.settings.ws_drain_timeout_s)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.broker.close()
         self.media.close()
         await self.store.redis.aclose()

@@ -70,7 +70,9 @@ class StoryWriter:
 
     async def _publish_new(self, owner: Json, rec: ItemRecord, shared: Json | None = None) -> None:
         item = render(rec, owner, self.s.signer, seen=False, view_count=None, shared_from=shared)
-        event = events.story_new(rec.owner, rec.seq, rec.audience, item)
+        event = events.story_new(
+            rec.owner, rec.seq, rec.audience, rec.created_ms, rec.expires_ms, item
+        )
         fields = [part for kv in rec.to_hash().items() for part in kv]
         k = self.s.keys
         pipe = self.s.redis.pipeline(transaction=False)

@@ -1,0 +1,395 @@
+"""The hub: local connections, what they subscribe to, and fan-out to them.
+
+The broker hands every publication to `on_message`; the hub decodes it once,
+updates its per-owner cache of active items, and for each local connection
+interested in the channel checks the audience and queues frames. Frames that
+are the same for every recipient (story.new, story.removed) are encoded once;
+tray entries differ by viewer (seen state, close friends) and are encoded once
+per distinct entry. Tray entries are computed from the cache, not from Redis,
+so pushing a post costs no Redis work per follower.
+
+Each connection has a bounded outbox and one writer task; frames queued while
+a send is in flight are packed into one JSON-array frame. A connection whose
+outbox overflows is closed with 1013 and counted, and never delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from server import frames
+from server.broker import Broker
+from server.clock import rfc3339
+from server.connection import Connection
+from server.keys import item_id
+from server.reads import StoryReader
+from server.store import Store
+from server.tray import ActiveItem, ring, visible_items
+
+log = logging.getLogger("stories.hub")
+
+
+@dataclass
+class OwnerCache:
+    """An owner's active items (seq → item) and User, for local tray computation."""
+
+    user: dict[str, Any]
+    items: dict[int, ActiveItem] = field(default_factory=dict)
+    removed: set[int] = field(default_factory=set)
+
+
+class Hub:
+    """Implements the broker's `Receiver`. Start with `bind(broker)`."""
+
+    def __init__(self, store: Store, reader: StoryReader) -> None:
+        self.s = store
+        self.reader = reader
+        self.broker: Broker | None = None
+        self.conns: set[Connection] = set()
+        self.interest: dict[str, set[Connection]] = defaultdict(set)
+        self.owners: dict[str, OwnerCache] = {}
+        self.closed_slow = 0
+        self.frames_sent = 0
+        self._resync_task: asyncio.Task[None] | None = None
+
+    def bind(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def now(self) -> int:
+        return self.s.clock.now_ms()
+
+    # ---- connections -------------------------------------------------------------
+
+    async def attach(self, conn: Connection) -> None:
+        """Subscribe first, then load state and queue the snapshot (PROTOCOL.md)."""
+        self.conns.add(conn)
+        conn.writer = asyncio.create_task(self._writer(conn), name=f"ws-writer-{conn.id}")
+        await self._load_relations(conn)
+        for channel in conn.channels(self.s.keys):
+            await self._subscribe(conn, channel)
+        await self._snapshot(conn)
+
+    async def detach(self, conn: Connection) -> None:
+        """Forget `conn` and release its channels; idempotent."""
+        if conn not in self.conns:
+            return
+        self.conns.discard(conn)
+        for channel in [c for c, members in self.interest.items() if conn in members]:
+            await self._unsubscribe(conn, channel)
+        if conn.count_timer:
+            conn.count_timer.cancel()
+        if conn.writer and conn.writer is not asyncio.current_task():
+            conn.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await conn.writer
+
+    async def _load_relations(self, conn: Connection) -> None:
+        k = self.s.keys
+        pipe = self.s.redis.pipeline(transaction=False)
+        pipe.zrange(k.following(conn.user_id), 0, -1)
+        pipe.smembers(k.close_friend_of(conn.user_id))
+        pipe.smembers(k.hidden_from(conn.user_id))
+        pipe.hgetall(k.seen(conn.user_id))
+        following, cfof, hidden, seen = await pipe.execute()
+        conn.following = {m.decode() for m in following}
+        conn.close_friend_of = {m.decode() for m in cfof}
+        conn.hidden_from = {m.decode() for m in hidden}
+        conn.seen = {o.decode(): int(v) for o, v in seen.items()}
+
+    async def _subscribe(self, conn: Connection, channel: str) -> None:
+        members = self.interest[channel]
+        if conn in members:
+            return
+        members.add(conn)
+        assert self.broker is not None
+        await self.broker.acquire(channel)
+        owner = self._stories_owner(channel)
+        if owner and owner not in self.owners:
+            await self._load_owner(owner)
+
+    async def _unsubscribe(self, conn: Connection, channel: str) -> None:
+        members = self.interest.get(channel)
+        if not members or conn not in members:
+            return
+        members.discard(conn)
+        if not members:
+            del self.interest[channel]
+            owner = self._stories_owner(channel)
+            if owner:
+                self.owners.pop(owner, None)
+        assert self.broker is not None
+        await self.broker.release(channel)
+
+    def _stories_owner(self, channel: str) -> str | None:
+        prefix = self.s.keys.p + "ev:{"
+        if channel.startswith(prefix) and channel.endswith("}:stories"):
+            return channel[len(prefix) : -len("}:stories")]
+        return None
+
+    async def _load_owner(self, owner: str) -> None:
+        cache = self.owners.setdefault(owner, OwnerCache(user={"id": owner}))
+        user = await self.s.users.get(owner)
+        raw = await self.s.redis.zrangebyscore(
+            self.s.keys.items(owner), f"({self.now()}", "+inf", withscores=True
+        )
+        if user:
+            cache.user = user
+        for member, score in raw:
+            item = ActiveItem.parse(member, score)
+            if item.seq not in cache.removed:
+                cache.items.setdefault(item.seq, item)
+
+    async def _snapshot(self, conn: Connection) -> None:
+        entries = await self.reader.tray(conn.user_id)
+        conn.ready = True
+        self.enqueue(conn, frames.encode("tray.snapshot", self.now(), items=entries))
+
+    # ---- sending ------------------------------------------------------------------
+
+    def enqueue(self, conn: Connection, frame: str) -> None:
+        """Queue `frame`; an overflowing outbox closes the connection with 1013."""
+        if conn.closing:
+            return
+        if not conn.outbox.push(frame):
+            conn.closing = True
+            self.closed_slow += 1
+            log.info("closing slow reader %s (%s)", conn.id, conn.user_id)
+            asyncio.get_running_loop().create_task(
+                self._close(conn, frames.WS_1013_TRY_AGAIN_LATER, "too slow a reader")
+            )
+            return
+        conn.wake.set()
+
+    async def _close(self, conn: Connection, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await conn.close(code, reason)
+        await self.detach(conn)
+
+    async def _writer(self, conn: Connection) -> None:
+        try:
+            while not conn.closing:
+                await conn.wake.wait()
+                conn.wake.clear()
+                batch = conn.outbox.take()
+                if batch:
+                    await conn.send_text(frames.pack(batch))
+                    self.frames_sent += len(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the socket went away; the endpoint detaches
+            log.debug("writer for %s ended: %s", conn.id, exc)
+
+    async def flush(self, conn: Connection, timeout_s: float) -> None:
+        """Wait (up to `timeout_s`) until `conn`'s outbox is empty; for drain on shutdown."""
+        deadline = time.monotonic() + timeout_s
+        while len(conn.outbox) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    # ---- Receiver -------------------------------------------------------------------
+
+    def on_message(self, channel: str, data: bytes) -> None:
+        members = self.interest.get(channel)
+        if not members:
+            return
+        event = orjson.loads(data)
+        handler = getattr(self, "_on_" + event.get("type", "").replace(".", "_"), None)
+        if handler is not None:
+            handler(event, [c for c in members if c.ready and not c.closing])
+
+    def on_resubscribed(self) -> None:
+        """After a pub/sub gap: reload every connection's state and send fresh snapshots."""
+        if self._resync_task is None or self._resync_task.done():
+            self._resync_task = asyncio.get_running_loop().create_task(self.resync_all())
+
+    async def resync_all(self) -> None:
+        self.owners.clear()
+        for conn in list(self.conns):
+            if conn.closing:
+                continue
+            try:
+                await self._load_relations(conn)
+                wanted = conn.channels(self.s.keys)
+                for channel in wanted:
+                    await self._subscribe(conn, channel)
+                for owner in {self._stories_owner(c) for c in wanted} - {None} - set(self.owners):
+                    await self._load_owner(str(owner))
+                await self._snapshot(conn)
+            except Exception:
+                log.exception("resync of %s failed", conn.id)
+
+    # ---- story lifecycle ---------------------------------------------------------------
+
+    def _entry_frame(self, conn: Connection, owner: str, cache: dict[tuple[Any, ...], str]) -> str:
+        """tray.update or tray.remove for `owner` as `conn` sees it, encoded once per variant."""
+        oc = self.owners.get(owner)
+        relation = conn.relation(owner)
+        items = (
+            visible_items(oc.items.values(), relation, self.now())
+            if oc and conn.in_tray(owner)
+            else []
+        )
+        state = ring(owner, items, conn.seen.get(owner, 0), own=relation.is_owner)
+        key = (owner, state)
+        if key not in cache:
+            if state is None:
+                cache[key] = frames.encode("tray.remove", self.now(), owner_id=owner)
+            else:
+                first = item_id(owner, state.first_unseen_seq) if state.first_unseen_seq else None
+                entry = {"owner": oc.user if oc else {"id": owner}, "has_unseen": state.has_unseen,
+                         "item_count": state.item_count, "latest_at": rfc3339(state.latest_ms),
+                         "first_unseen_id": first}  # fmt: skip
+                cache[key] = frames.encode("tray.update", self.now(), entry=entry)
+        return cache[key]
+
+    def _on_story_new(self, event: dict[str, Any], conns: list[Connection]) -> None:
+        owner, item = event["owner_id"], event["item"]
+        oc = self.owners.setdefault(owner, OwnerCache(user=item["owner"]))
+        oc.user = item["owner"]
+        seq = event["seq"]
+        oc.items[seq] = ActiveItem(seq, event["audience"], event["created_ms"], event["expires_ms"])
+        shared = frames.encode("story.new", self.now(), item=item)
+        own = frames.encode("story.new", self.now(), item={**item, "seen": True, "view_count": 0})
+        cache: dict[tuple[Any, ...], str] = {}
+        for conn in conns:
+            relation = conn.relation(owner)
+            if not (relation.is_owner or relation.follows) or not relation.can_see(
+                event["audience"]
+            ):
+                continue
+            self.enqueue(conn, own if relation.is_owner else shared)
+            self.enqueue(conn, self._entry_frame(conn, owner, cache))
+
+    def _on_story_removed(self, event: dict[str, Any], conns: list[Connection]) -> None:
+        owner, seq = event["owner_id"], event["seq"]
+        oc = self.owners.get(owner)
+        if oc:
+            oc.items.pop(seq, None)
+            oc.removed.add(seq)
+        payload = {"item_id": event["item_id"], "owner_id": owner, "reason": event["reason"]}
+        shared = frames.encode("story.removed", self.now(), **payload)
+        cache: dict[tuple[Any, ...], str] = {}
+        for conn in conns:
+            relation = conn.relation(owner)
+            if not (relation.is_owner or relation.follows) or not relation.can_see(
+                event["audience"]
+            ):
+                continue
+            self.enqueue(conn, shared)
+            self.enqueue(conn, self._entry_frame(conn, owner, cache))
+
+    def _on_story_audience(self, event: dict[str, Any], conns: list[Connection]) -> None:
+        owner, seq = event["owner_id"], event["seq"]
+        oc = self.owners.get(owner)
+        if oc and seq in oc.items:
+            old = oc.items[seq]
+            oc.items[seq] = ActiveItem(seq, event["audience"], old.created_ms, old.expires_ms)
+        cache: dict[tuple[Any, ...], str] = {}
+        for conn in conns:
+            relation = conn.relation(owner)
+            if relation.can_see(event["audience"]) or relation.can_see(event["old_audience"]):
+                if conn.in_tray(owner):
+                    self.enqueue(conn, self._entry_frame(conn, owner, cache))
+
+    # ---- personal events (inbox) ----------------------------------------------------------
+
+    def _forward(self, event: dict[str, Any], conns: list[Connection]) -> None:
+        payload = {k: v for k, v in event.items() if k != "type"}
+        frame = frames.encode(event["type"], self.now(), **payload)
+        for conn in conns:
+            self.enqueue(conn, frame)
+
+    _on_story_reaction = _forward
+    _on_story_reply = _forward
+    _on_capture_finished = _forward
+    _on_capture_failed = _forward
+
+    def _on_story_viewed(self, event: dict[str, Any], conns: list[Connection]) -> None:
+        self._forward(event, conns)
+        now = int(time.monotonic() * 1000)
+        for conn in conns:
+            if conn.coalescer.offer(event["item_id"], event["view_count"], now):
+                self.enqueue(conn, frames.encode("story.view_count", self.now(), item_id=event["item_id"],
+                                                 view_count=event["view_count"]))  # fmt: skip
+            else:
+                self._schedule_counts(conn)
+
+    def _schedule_counts(self, conn: Connection) -> None:
+        due = conn.coalescer.next_due_ms()
+        if conn.count_timer is not None or due is None:
+            return
+        delay = max(0.0, due / 1000 - time.monotonic())
+        conn.count_timer = asyncio.get_running_loop().call_later(delay, self._flush_counts, conn)
+
+    def _flush_counts(self, conn: Connection) -> None:
+        conn.count_timer = None
+        for item, count in conn.coalescer.due(int(time.monotonic() * 1000)):
+            self.enqueue(
+                conn, frames.encode("story.view_count", self.now(), item_id=item, view_count=count)
+            )
+        self._schedule_counts(conn)
+
+    def _on_seen_sync(self, event: dict[str, Any], conns: list[Connection]) -> None:
+        owner, seq = event["owner_id"], event["seq"]
+        cache: dict[tuple[Any, ...], str] = {}
+        for conn in conns:
+            if seq > conn.seen.get(owner, 0):
+                conn.seen[owner] = seq
+                if conn.in_tray(owner):
+                    self.enqueue(conn, self._entry_frame(conn, owner, cache))
+
+    def _on_graph_changed(self, event: dict[str, Any], conns: list[Connection]) -> None:
+        for conn in conns:
+            asyncio.get_running_loop().create_task(self._apply_graph(conn, event))
+
+    async def _apply_graph(self, conn: Connection, event: dict[str, Any]) -> None:
+        kind, other, on = event["kind"], event["other_id"], event["on"]
+        sets = {
+            "following": conn.following,
+            "close_friend": conn.close_friend_of,
+            "hidden": conn.hidden_from,
+        }
+        target = sets.get(kind)
+        if target is None:
+            return
+        (target.add if on else target.discard)(other)
+        channel = self.s.keys.stories_channel(other)
+        if channel in conn.channels(self.s.keys):
+            await self._subscribe(conn, channel)
+        else:
+            await self._unsubscribe(conn, channel)
+        self.enqueue(conn, self._entry_frame(conn, other, {}))
+
+    async def drain(self, timeout_s: float, batch: int = 200) -> None:
+        """Shutdown: flush queued frames, then close every socket with 1012 in batches.
+
+        The close reason carries `{"retry_after_ms": n}`, spread over
+        `ws_reconnect_base_ms + [0, ws_reconnect_spread_ms)` so clients do not
+        all come back at once.
+        """
+        import random
+
+        settings = self.s.settings
+        conns = list(self.conns)
+        deadline = time.monotonic() + timeout_s
+        for start in range(0, len(conns), batch):
+            group = conns[start : start + batch]
+            left = max(0.05, deadline - time.monotonic())
+            await asyncio.gather(*(self.flush(c, left / 2) for c in group))
+            for conn in group:
+                wait = settings.ws_reconnect_base_ms + random.randrange(
+                    max(1, settings.ws_reconnect_spread_ms)
+                )
+                conn.closing = True
+                await self._close(
+                    conn,
+                    frames.WS_1012_SERVICE_RESTART,
+                    orjson.dumps({"retry_after_ms": wait}).decode(),
+                )

@@ -1,0 +1,127 @@
+"""The `/ws` endpoint: a thin adapter between a Starlette WebSocket and the hub.
+
+Sequence (PROTOCOL.md): accept; authenticate by `?token=` or a first frame
+`{"op": "auth", "token"}` within `ws_auth_timeout_s` (else close 4001); send
+`hello`; subscribe and queue `tray.snapshot` (the hub); then read client ops
+until the socket closes. Malformed frames and floods close with 1008; frames
+over `ws_max_frame_bytes` close with 1009 (uvicorn enforces `ws_max_size`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server import frames
+from server.auth import Principal
+from server.connection import Connection
+from server.errors import StoriesError, Unauthorized
+from server.services import Services
+
+log = logging.getLogger("stories.ws")
+
+
+class RateGate:
+    """Token bucket for client ops: `rate` per second, bursts up to `2 * rate`."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = 2 * rate
+        self.at = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(2 * self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+async def _authenticate(ws: WebSocket, svc: Services) -> Principal:
+    """The caller, from `?token=` or a first `auth` frame. Raises Unauthorized."""
+    token = ws.query_params.get("token")
+    if not token:
+        try:
+            text = await asyncio.wait_for(ws.receive_text(), svc.settings.ws_auth_timeout_s)
+            op = frames.parse_op(text)
+        except (TimeoutError, frames.ProtocolError, KeyError):
+            raise Unauthorized("authenticate with ?token= or a first auth frame") from None
+        if op.name != "auth":
+            raise Unauthorized("the first frame must be auth")
+        token = op.arg
+    return svc.auth.verify(token)
+
+
+async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
+    with contextlib.suppress(Exception):
+        await ws.close(code, reason[:120])
+
+
+async def ws_endpoint(ws: WebSocket) -> None:
+    svc: Services = ws.app.state.services
+    await ws.accept()
+    try:
+        principal = await _authenticate(ws, svc)
+        user = await svc.store.users.ensure(principal.user_id, principal.claims)
+    except (StoriesError, WebSocketDisconnect) as exc:
+        await _close(ws, frames.WS_4001_UNAUTHORIZED, getattr(exc, "detail", "unauthorized"))
+        return
+    conn = Connection(
+        user,
+        ws.send_text,
+        lambda code, reason: _close(ws, code, reason),
+        svc.settings.ws_send_queue_bytes,
+    )
+    hub = svc.hub
+    hub.enqueue(conn, frames.encode("hello", svc.store.clock.now_ms(), user=user, session_id=conn.id,
+                                    server_time=frames.rfc3339(svc.store.clock.now_ms())))  # fmt: skip
+    try:
+        await hub.attach(conn)
+        await _read_ops(ws, svc, conn)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await hub.detach(conn)
+
+
+async def _read_ops(ws: WebSocket, svc: Services, conn: Connection) -> None:
+    gate = RateGate(svc.settings.ws_ops_per_second)
+    while not conn.closing:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace")
+        if len(text) > svc.settings.ws_max_frame_bytes:
+            await _close(ws, frames.WS_1009_MESSAGE_TOO_BIG, "frame too big")
+            return
+        if not gate.allow():
+            await _close(ws, frames.WS_1008_POLICY_VIOLATION, "too many frames")
+            return
+        try:
+            op = frames.parse_op(text)
+        except frames.ProtocolError as exc:
+            await _close(ws, frames.WS_1008_POLICY_VIOLATION, str(exc))
+            return
+        await _handle(svc, conn, op)
+
+
+async def _handle(svc: Services, conn: Connection, op: frames.Op) -> None:
+    now = svc.store.clock.now_ms()
+    if op.name == "ping":
+        svc.hub.enqueue(conn, frames.encode("pong", now))
+    elif op.name == "seen" and op.arg:
+        try:
+            await svc.seen.mark_seen(conn.user, op.arg)
+        except StoriesError as exc:
+            svc.hub.enqueue(conn, frames.encode("error", now, op="seen", item=op.arg, status=exc.status,
+                                                detail=exc.detail))  # fmt: skip
+
+
+routes = [WebSocketRoute("/ws", ws_endpoint)]

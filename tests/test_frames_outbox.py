@@ -1,0 +1,52 @@
+"""Pure tests: client frame parsing, packing, the bounded outbox, view-count coalescing."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from server.frames import Op, ProtocolError, encode, pack, parse_op
+from server.outbox import Outbox, ViewCountCoalescer
+
+
+def test_parse_ops():
+    assert parse_op('{"op": "ping"}') == Op("ping")
+    assert parse_op(b'{"op": "seen", "item": "u_1.3"}') == Op("seen", "u_1.3")
+    assert parse_op('{"op": "auth", "token": "t"}') == Op("auth", "t")
+    for bad in (
+        "nope",
+        "[]",
+        '{"op": 3}',
+        '{"op": "seen"}',
+        '{"op": "seen", "item": ""}',
+        '{"op": "x"}',
+    ):
+        with pytest.raises(ProtocolError):
+            parse_op(bad)
+
+
+def test_encode_and_pack():
+    one = encode("pong", 0)
+    assert orjson.loads(one) == {"type": "pong", "ts": "1970-01-01T00:00:00.000Z"}
+    assert pack([one]) == one
+    assert orjson.loads(pack([one, one])) == [orjson.loads(one)] * 2
+
+
+def test_outbox_is_bounded_by_bytes():
+    box = Outbox(max_bytes=10)
+    assert box.push("12345") and box.push("12345")
+    assert not box.push("1")
+    assert box.take() == ["12345", "12345"] and box.size == 0 and box.push("1")
+
+
+def test_view_counts_coalesce_to_four_a_second_and_end_exact():
+    c = ViewCountCoalescer(interval_ms=250)
+    assert c.offer("i", 1, now_ms=0)
+    assert not c.offer("i", 2, now_ms=100)
+    assert not c.offer("i", 4, now_ms=150)
+    assert not c.offer("i", 3, now_ms=160), "an out-of-order lower count is dropped"
+    assert c.next_due_ms() == 250
+    assert c.due(200) == []
+    assert c.due(250) == [("i", 4)]
+    assert c.next_due_ms() is None
+    assert c.offer("i", 5, now_ms=600)
