@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from server import http_admin, http_media, http_stories, http_users, ws
+from server import http_admin, http_captures, http_media, http_stories, http_users, ws
 from server.clock import Clock
 from server.errors import ServiceUnavailable, StoriesError
 from server.responses import problem_response
@@ -88,7 +88,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         finally:
             await services.close()
 
-    api = http_users.routes + http_stories.routes + http_admin.admin_routes
+    api = http_users.routes + http_stories.routes + http_captures.routes + http_admin.admin_routes
     routes: list[Any] = [
         Mount("/api/v1", routes=api),
         *ws.routes,

@@ -14,8 +14,10 @@ import redis.asyncio as aioredis
 
 from server.auth import Authenticator, load_or_create_secret
 from server.broker import Broker
+from server.captures import CaptureConfig, CaptureManager
 from server.clock import Clock, SystemClock
 from server.graph import Graph
+from server.http_captures import publish_capture, report_failure
 from server.hub import Hub
 from server.keys import Keys
 from server.limits import Idempotency
@@ -45,6 +47,15 @@ def redis_client(url: str) -> aioredis.Redis:
     )
 
 
+def capture_config(settings: Settings) -> CaptureConfig:
+    """Live-capture limits from settings; ICE server URLs become `{"urls": url}`."""
+    return CaptureConfig(
+        max_duration_ms=settings.capture_max_duration_ms,
+        max_concurrent=settings.capture_max_concurrent,
+        ice_servers=[{"urls": url} for url in settings.capture_ice_servers],
+    )
+
+
 @dataclass
 class Services:
     """The server's parts, handed to handlers through `app.state.services`."""
@@ -61,6 +72,7 @@ class Services:
     sweeper: Sweeper
     hub: Hub
     broker: Broker
+    captures: CaptureManager
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     readiness: dict[str, Callable[[], str]] = field(default_factory=dict)  # name → "ok" | why not
 
@@ -82,13 +94,17 @@ class Services:
         )  # fmt: skip
         writer, reader = StoryWriter(store), StoryReader(store)
         hub = Hub(store, reader)
+        (store.storage.tmp_dir() / "captures").mkdir(exist_ok=True)
+        captures = CaptureManager(capture_config(settings), store.storage.tmp_dir() / "captures",
+                                  on_finished=lambda c, r: publish_capture(svc, c, r),
+                                  on_failed=lambda c, d: report_failure(svc, c, d))  # fmt: skip
         broker = Broker(redis, hub, keys.canary_channel(secrets.token_hex(6)))
         svc = cls(
             settings=settings, store=store, auth=Authenticator(settings), writer=writer,
             reader=reader, seen=SeenBook(store, reader), rollout=Rollout(redis, keys.rollout()),
             idempotency=Idempotency(redis, keys),
             media=MediaPool(settings.media_workers, settings.media_queue),
-            sweeper=Sweeper(store, writer), hub=hub, broker=broker,
+            sweeper=Sweeper(store, writer), hub=hub, broker=broker, captures=captures,
         )  # fmt: skip
         hub.bind(broker)
         await broker.start()
@@ -99,6 +115,7 @@ class Services:
     async def close(self) -> None:
         """Close sockets (1012), stop background tasks, the broker, media pool, Redis."""
         await self.hub.drain(self.settings.ws_drain_timeout_s)
+        await self.captures.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
