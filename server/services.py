@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,8 +93,8 @@ class Services:
         )  # fmt: skip
         writer, reader = StoryWriter(store), StoryReader(store)
         hub = Hub(store, reader)
-        (store.storage.tmp_dir() / "captures").mkdir(exist_ok=True)
-        captures = CaptureManager(capture_config(settings), store.storage.tmp_dir() / "captures",
+        (data / "captures").mkdir(parents=True, exist_ok=True)
+        captures = CaptureManager(capture_config(settings), data / "captures",
                                   on_finished=lambda c, r: publish_capture(svc, c, r),
                                   on_failed=lambda c, d: report_failure(svc, c, d))  # fmt: skip
         broker = Broker(redis, hub, keys.canary_channel(secrets.token_hex(6)))
@@ -114,13 +113,23 @@ class Services:
 
     async def close(self) -> None:
         """Close sockets (1012), stop background tasks, the broker, media pool, Redis."""
-        await self.hub.drain(self.settings.ws_drain_timeout_s)
-        await self.captures.close()
+        drain_s = self.settings.ws_drain_timeout_s
+        await _bounded("websockets", self.hub.drain(drain_s), drain_s + 2)
+        await _bounded("captures", self.captures.close(), 10)
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.broker.close()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=5)
+        await _bounded("broker", self.broker.close(), 5)
         self.media.close()
-        await self.store.redis.aclose()
+        await _bounded("redis", self.store.redis.aclose(), 5)
+
+
+async def _bounded(name: str, step: Awaitable[None], timeout_s: float) -> None:
+    """One shutdown step, given at most `timeout_s`; a stuck step is logged, not waited on."""
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except TimeoutError:
+        log.error("shutdown: %s did not finish within %.0f s", name, timeout_s)
+    except Exception:
+        log.exception("shutdown: %s failed", name)
