@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from server import http_admin, http_captures, http_media, http_stories, http_users, ws
+from server import drain, http_admin, http_captures, http_media, http_stories, http_users, ws
 from server.clock import Clock
 from server.errors import ServiceUnavailable, StoriesError
 from server.responses import problem_response
@@ -79,6 +79,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await Services.start(settings, clock)
         app.state.services = services
+        uninstall = drain.install(lambda: services.hub.drain(settings.ws_drain_timeout_s))
         try:
             if settings.demo:
                 from server.seed import seed_demo
@@ -86,6 +87,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
                 await seed_demo(services)
             yield
         finally:
+            uninstall()
             await services.close()
 
     api = http_users.routes + http_stories.routes + http_captures.routes + http_admin.admin_routes

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Hub:
         self.interest: dict[str, set[Connection]] = defaultdict(set)
         self.owners: dict[str, OwnerCache] = {}
         self.closed_slow = 0
+        self.draining = False
         self.frames_sent = 0
         self._resync_task: asyncio.Task[None] | None = None
 
@@ -69,7 +71,14 @@ class Hub:
     # ---- connections -------------------------------------------------------------
 
     async def attach(self, conn: Connection) -> None:
-        """Subscribe first, then load state and queue the snapshot (PROTOCOL.md)."""
+        """Subscribe first, then load state and queue the snapshot (PROTOCOL.md).
+
+        While draining, the socket is closed at once with 1012 and a wait.
+        """
+        if self.draining:
+            await conn.close(frames.WS_1012_SERVICE_RESTART, self._retry_reason())
+            conn.closing = True
+            return
         self.conns.add(conn)
         conn.writer = asyncio.create_task(self._writer(conn), name=f"ws-writer-{conn.id}")
         await self._load_relations(conn)
@@ -374,9 +383,7 @@ class Hub:
         `ws_reconnect_base_ms + [0, ws_reconnect_spread_ms)` so clients do not
         all come back at once.
         """
-        import random
-
-        settings = self.s.settings
+        self.draining = True
         conns = list(self.conns)
         deadline = time.monotonic() + timeout_s
         for start in range(0, len(conns), batch):
@@ -384,12 +391,11 @@ class Hub:
             left = max(0.05, deadline - time.monotonic())
             await asyncio.gather(*(self.flush(c, left / 2) for c in group))
             for conn in group:
-                wait = settings.ws_reconnect_base_ms + random.randrange(
-                    max(1, settings.ws_reconnect_spread_ms)
-                )
                 conn.closing = True
-                await self._close(
-                    conn,
-                    frames.WS_1012_SERVICE_RESTART,
-                    orjson.dumps({"retry_after_ms": wait}).decode(),
-                )
+                await self._close(conn, frames.WS_1012_SERVICE_RESTART, self._retry_reason())
+
+    def _retry_reason(self) -> str:
+        """`{"retry_after_ms": base + uniform jitter}`: spreads reconnects after a restart."""
+        s = self.s.settings
+        wait = s.ws_reconnect_base_ms + random.randrange(max(1, s.ws_reconnect_spread_ms))
+        return orjson.dumps({"retry_after_ms": wait}).decode()

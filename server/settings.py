@@ -155,5 +155,7 @@ def validate(settings: Settings) -> None:
         raise ValueError("default_lifetime_h must be one of 6, 12, 24, 48")
     if not 1000 <= settings.capture_max_duration_ms <= 60_000:
         raise ValueError("capture_max_duration_ms must be within 1000..60000")
+    if settings.ws_idle_timeout_s <= settings.ws_ping_interval_s:
+        raise ValueError("ws_idle_timeout_s must be longer than ws_ping_interval_s")
     if settings.lifetime_seconds is not None and settings.lifetime_seconds <= 0:
         raise ValueError("lifetime_seconds must be positive")

@@ -68,7 +68,9 @@ class Client:
         )
 
     async def socket(self) -> Socket:
-        ws = await websockets.connect(f"{self.server.ws_url}?token={self.token}", max_size=None)
+        ws = await websockets.connect(
+            f"{self.server.ws_url}?token={self.token}", max_size=None, max_queue=1024
+        )
         sock = Socket(ws)
         hello = await sock.next("hello")
         assert hello["user"]["id"] == self.id
@@ -92,12 +94,15 @@ class Socket:
         self.ws = ws
         self.buffer: list[dict[str, Any]] = []
         self.snapshot: list[dict[str, Any]] = []
+        self.seen_events: list[dict[str, Any]] = []
 
     async def recv(self, wait_s: float = 5.0) -> dict[str, Any]:
         while not self.buffer:
             data = orjson.loads(await asyncio.wait_for(self.ws.recv(), wait_s))
             self.buffer.extend(data if isinstance(data, list) else [data])
-        return self.buffer.pop(0)
+        event = self.buffer.pop(0)
+        self.seen_events.append(event)
+        return event
 
     async def next(self, type_: str, wait_s: float = 5.0, **match: Any) -> dict[str, Any]:
         """The next event of `type_` (whose fields equal `match`), skipping others."""
@@ -115,6 +120,18 @@ class Socket:
                 out.append(await self.recv(wait))
         except TimeoutError:
             return out
+
+    def tray(self) -> dict[str, dict[str, Any]]:
+        """The tray as a client builds it: the snapshot, then every tray delta, in order."""
+        entries = {e["owner"]["id"]: e for e in self.snapshot}
+        for event in self.seen_events:
+            if event["type"] == "tray.snapshot":
+                entries = {e["owner"]["id"]: e for e in event["items"]}
+            elif event["type"] == "tray.update":
+                entries[event["entry"]["owner"]["id"]] = event["entry"]
+            elif event["type"] == "tray.remove":
+                entries.pop(event["owner_id"], None)
+        return entries
 
     async def send(self, **op: Any) -> None:
         await self.ws.send(orjson.dumps(op).decode())
