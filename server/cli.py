@@ -95,9 +95,18 @@ def check_redis(url: str, timeout_s: float = 5.0) -> str:
         client.close()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """uvicorn re-raises the signal it stopped on once it has shut down; turning
+    SIGTERM into SystemExit lets `redis_for` stop the embedded Redis on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def serve(settings: Settings) -> int:
+    import signal
+
     import uvicorn
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with redis_for(settings) as url:
         settings.redis_url = url
         version = check_redis(url)
