@@ -87,6 +87,10 @@ class Keys:
     def expiry_schedule(self) -> str:
         return f"{self.p}sched:expire"
 
+    def active_owners(self) -> str:
+        """ZSET owner → latest `expires_at` of their items: who may have a ring at all."""
+        return f"{self.p}act:owners"
+
     def media_gc_schedule(self) -> str:
         return f"{self.p}sched:mediagc"
 

@@ -4,23 +4,35 @@ Every read filters on `expires_at` itself, so an item vanishes at its expiry
 even before the sweeper has run, and applies the audience rules of
 `audience.py`; an item the caller may not see is answered as missing.
 
-The tray is computed on read in three round trips whatever the number of
-followed owners: (1) the viewer's following list, seen map, close-friend-of
-and hidden-from sets; (2) one pipelined ZRANGEBYSCORE per followed owner;
-(3) the User records of owners with a ring.
+The tray is computed on read in two round trips whatever the number of
+followed owners: (1) the viewer's seen map, close-friend-of and hidden-from
+sets, and ZINTER of the following list with `act:owners` (owners with items
+that have not all expired: one ZADD GT per post keeps it, the sweeper trims
+it), so owners without stories cost nothing after this point;
+(2) `tray_scan.lua`, which computes those owners' rings inside Redis (the
+rules of `tray.py`) and returns only rings with items, with their User records. (A pipeline of one ZRANGEBYSCORE per owner also took a constant
+number of round trips, but spent ~25 µs of client CPU per followed owner,
+most of them empty: 55 ms per tray at 2,000 followed; see docs/benchmarks.md.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from server.audience import Relation
 from server.clock import rfc3339
 from server.errors import NotFound
 from server.items import ItemRecord, Json, render
 from server.keys import item_id, split_item_id
 from server.store import Store
 from server.tray import ActiveItem, TrayState, order_tray, ring, visible_items
+
+
+def _user(owner: str, fields: list[bytes | None]) -> Json:
+    """A User from `HMGET id handle display_name avatar_url`."""
+    uid, handle, name, avatar = (f.decode() if f else None for f in fields)
+    if not uid or not handle:
+        return {"id": owner}
+    return {"id": uid, "handle": handle, "display_name": name or handle, "avatar_url": avatar}
 
 
 def _active(raw: list[Any]) -> list[ActiveItem]:
@@ -116,27 +128,29 @@ class StoryReader:
         k = self.s.keys
         now = self.s.clock.now_ms()
         pipe = self.s.redis.pipeline(transaction=False)
-        pipe.zrange(k.following(viewer), 0, -1)
         pipe.hgetall(k.seen(viewer))
         pipe.smembers(k.close_friend_of(viewer))
         pipe.smembers(k.hidden_from(viewer))
-        following_raw, seen_raw, cfof_raw, hidden_raw = await pipe.execute()
+        pipe.zinter({k.following(viewer): 0, k.active_owners(): 1}, withscores=True)
+        seen_raw, cfof_raw, hidden_raw, active_raw = await pipe.execute()
         hidden = {m.decode() for m in hidden_raw}
         cfof = {m.decode() for m in cfof_raw}
         seen = {key.decode(): int(v) for key, v in seen_raw.items()}
-        owners = [viewer] + [m.decode() for m in following_raw if m.decode() not in hidden]
-        owners = list(dict.fromkeys(owners))
-        pipe = self.s.redis.pipeline(transaction=False)
+        active = [m.decode() for m, until in active_raw if until > now]
+        owners = list(dict.fromkeys([viewer] + [o for o in active if o not in hidden]))
+        args: list[Any] = [now, k.p]
         for owner in owners:
-            pipe.zrangebyscore(k.items(owner), f"({now}", "+inf", withscores=True)
+            rel = "o" if owner == viewer else ("c" if owner in cfof else "f")
+            args += [owner, seen.get(owner, 0), rel]
+        flat = await self.s.scripts.tray_scan(keys=[], args=args)
         rings: list[TrayState] = []
-        for owner, raw in zip(owners, await pipe.execute(), strict=True):
-            relation = Relation(is_owner=owner == viewer, follows=True, close_friend=owner in cfof)
-            items = visible_items(_active(raw), relation, now)
-            state = ring(owner, items, seen.get(owner, 0), own=owner == viewer)
-            if state:
-                rings.append(state)
-        return await self._entries(order_tray(viewer, rings))
+        users: dict[str, Json] = {}
+        for n in range(0, len(flat), 5):
+            index, count, latest, first, user = flat[n : n + 5]
+            owner = owners[int(index)]
+            rings.append(TrayState(owner, first > 0, int(count), int(latest), int(first) or None))
+            users[owner] = _user(owner, user)
+        return self._tray_entries(order_tray(viewer, rings), users)
 
     async def tray_entry(self, viewer: str, owner: str) -> Json | None:
         """One owner's TrayEntry for `viewer`, or None when the viewer has no ring for it."""
@@ -152,7 +166,11 @@ class StoryReader:
         return entries[0] if entries else None
 
     async def _entries(self, rings: list[TrayState]) -> list[Json]:
-        users = await self.s.users.many([r.owner_id for r in rings])
+        return self._tray_entries(rings, await self.s.users.many([r.owner_id for r in rings]))
+
+    @staticmethod
+    def _tray_entries(rings: list[TrayState], users: dict[str, Json]) -> list[Json]:
+        """TrayEntry JSON for `rings`, in their order."""
         return [
             {
                 "owner": users.get(r.owner_id) or {"id": r.owner_id},

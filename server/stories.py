@@ -89,6 +89,7 @@ class StoryWriter:
             client=pipe,
         )
         pipe.zadd(k.expiry_schedule(), {rec.id: rec.expires_ms})
+        pipe.zadd(k.active_owners(), {rec.owner: rec.expires_ms}, gt=True)
         await pipe.execute()
 
     async def share(
