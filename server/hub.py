@@ -61,6 +61,7 @@ class Hub:
         self.draining = False
         self.frames_sent = 0
         self._resync_task: asyncio.Task[None] | None = None
+        self._resync_again = False
 
     def bind(self, broker: Broker) -> None:
         self.broker = broker
@@ -114,6 +115,8 @@ class Hub:
         conn.seen = {o.decode(): int(v) for o, v in seen.items()}
 
     async def _subscribe(self, conn: Connection, channel: str) -> None:
+        if conn not in self.conns:  # detached while a graph or resync task was pending
+            return
         members = self.interest[channel]
         if conn in members:
             return
@@ -121,7 +124,7 @@ class Hub:
         assert self.broker is not None
         await self.broker.acquire(channel)
         owner = self._stories_owner(channel)
-        if owner and owner not in self.owners:
+        if owner and owner not in self.owners and conn in members:  # not detached meanwhile
             await self._load_owner(owner)
 
     async def _unsubscribe(self, conn: Connection, channel: str) -> None:
@@ -217,19 +220,34 @@ class Hub:
         """After a pub/sub gap: reload every connection's state and send fresh snapshots."""
         if self._resync_task is None or self._resync_task.done():
             self._resync_task = asyncio.get_running_loop().create_task(self.resync_all())
+        else:
+            self._resync_again = True  # a second gap while resyncing: run it once more
 
     async def resync_all(self) -> None:
+        """Reload relations, fix subscriptions and send a snapshot to every connection."""
+        self._resync_again = True
+        while self._resync_again:
+            self._resync_again = False
+            await self._resync_once()
+
+    async def _resync_once(self) -> None:
         self.owners.clear()
+        reloaded: set[str] = set()  # a story.new may re-create a cache before its reload
         for conn in list(self.conns):
             if conn.closing:
                 continue
             try:
                 await self._load_relations(conn)
                 wanted = conn.channels(self.s.keys)
+                for channel in [c for c, members in self.interest.items() if conn in members]:
+                    if channel not in wanted:  # e.g. an unfollow during the gap
+                        await self._unsubscribe(conn, channel)
                 for channel in wanted:
                     await self._subscribe(conn, channel)
-                for owner in {self._stories_owner(c) for c in wanted} - {None} - set(self.owners):
-                    await self._load_owner(str(owner))
+                for owner in {self._stories_owner(c) for c in wanted} - {None} - reloaded:
+                    if self.interest.get(self.s.keys.stories_channel(str(owner))):  # not detached
+                        reloaded.add(str(owner))
+                        await self._load_owner(str(owner))
                 await self._snapshot(conn)
             except Exception:
                 log.exception("resync of %s failed", conn.id)

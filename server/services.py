@@ -37,13 +37,20 @@ log = logging.getLogger("stories")
 
 
 def redis_client(url: str) -> aioredis.Redis:
-    """An asyncio client with short timeouts, so an outage turns into 503s quickly."""
-    return aioredis.Redis.from_url(
+    """An asyncio client with short timeouts, so an outage turns into 503s quickly.
+
+    The pool is a blocking one: past `max_connections` a command waits (up to
+    5 s) for a free connection instead of failing, so a connect storm queues.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=100,
+        timeout=5,
         socket_timeout=5,
         socket_connect_timeout=2,
         health_check_interval=10,
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def capture_config(settings: Settings) -> CaptureConfig:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 
+import redis.exceptions
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -87,6 +88,8 @@ async def ws_endpoint(ws: WebSocket) -> None:
         await _read_ops(ws, svc, conn)
     except WebSocketDisconnect:
         pass
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        await _close(ws, frames.WS_1013_TRY_AGAIN_LATER, "storage unavailable; retry shortly")
     finally:
         await hub.detach(conn)
 
