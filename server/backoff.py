@@ -1,5 +1,7 @@
 """One retry helper for every background loop: exponential backoff with full jitter.
 
+`raise_if_cancelling()` belongs in the same loops: call it before each sleep.
+
 Delay for attempt n (0-based) is uniform in [0, min(cap, base * 2**n)]
 ("full jitter", AWS Architecture Blog, "Exponential Backoff And Jitter", 2015).
 `reset()` after a success starts again from `base`.
@@ -7,6 +9,7 @@ Delay for attempt n (0-based) is uniform in [0, min(cap, base * 2**n)]
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 
@@ -28,3 +31,16 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that an await swallowed.
+
+    On Python 3.11 `asyncio.wait_for` (which redis-py uses around socket writes)
+    returns its inner result when the cancel lands just as that finished, so the
+    CancelledError never reaches this loop; `Task.cancelling()` still counts it.
+    Without this check, shutdown would wait on a loop that runs on.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from server.backoff import Backoff
+from server.backoff import Backoff, raise_if_cancelling
 
 log = logging.getLogger("stories.broker")
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -170,6 +170,7 @@ class Broker:
             except Exception:
                 log.exception("pub/sub reader failed")
             await self._drop()
+            raise_if_cancelling()
             await asyncio.sleep(backoff.next_delay())
 
     async def _read(self) -> None:
@@ -191,6 +192,7 @@ class Broker:
 
     async def _canary(self) -> None:
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(self.canary_interval_s)
             if not self._ready.is_set():
                 continue

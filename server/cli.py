@@ -128,11 +128,12 @@ def serve(settings: Settings) -> int:
 
 
 async def _rollout(settings: Settings, args: argparse.Namespace, url: str) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+
     from server.keys import Keys
     from server.rollout import Gate, Rollout
-    from server.services import redis_client
 
-    client = redis_client(url)
+    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:
         rollout = Rollout(client, Keys(settings.redis_prefix).rollout())
         if args.action == "set":

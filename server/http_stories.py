@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.audience import AUDIENCES
-from server.errors import NotFound, field_error
+from server.errors import Forbidden, NotFound, field_error
 from server.http_common import caller, encode_cursor, limit_only, paging, read_json, services
 from server.limits import rate_limit
 from server.media import MediaLimits
@@ -112,6 +112,8 @@ async def share_story(request: Request) -> Response:
     svc = services(request)
     body = await read_json(request)
     original = await svc.reader.visible(user["id"], request.path_params["id"])
+    if original.audience != "public" and original.owner != user["id"]:
+        raise Forbidden("only public story items can be shared to another story")
 
     async def run() -> tuple[int, Any]:
         rec = await svc.writer.share(

@@ -18,6 +18,8 @@ async def dev_login(request: Request) -> Response:
     svc = services(request)
     if not svc.settings.dev_login:
         raise NotFound("dev login is not enabled")
+    if svc.auth.algorithm != "HS256":  # dev tokens are HS256; minting would fail after login
+        raise NotFound("dev login needs jwt_algorithm HS256")
     body = await read_json(request)
     user = await svc.store.users.login(normalize_handle(body.get("handle")))
     token = svc.auth.mint(user["id"], svc.store.clock.now_ms() // 1000, handle=user["handle"])

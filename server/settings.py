@@ -149,6 +149,8 @@ def validate(settings: Settings) -> None:
         settings.dev_login = True
     if settings.jwt_algorithm not in ("HS256", "RS256", "ES256"):
         raise ValueError("jwt_algorithm must be HS256, RS256 or ES256")
+    if settings.dev_login and settings.jwt_algorithm != "HS256":
+        raise ValueError("dev_login (and demo) need jwt_algorithm HS256: dev tokens are HS256")
     if settings.jwt_algorithm != "HS256" and not settings.jwt_public_key_file:
         raise ValueError(f"jwt_algorithm {settings.jwt_algorithm} needs jwt_public_key_file")
     if settings.default_lifetime_h not in (6, 12, 24, 48):

@@ -16,7 +16,7 @@ import secrets
 
 import redis.exceptions
 
-from server.backoff import Backoff
+from server.backoff import Backoff, raise_if_cancelling
 from server.items import ItemRecord
 from server.keys import split_item_id
 from server.store import Store
@@ -114,16 +114,3 @@ class Sweeper:
                 delay = backoff.next_delay()
             raise_if_cancelling()
             await asyncio.sleep(delay)
-
-
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation that an await swallowed.
-
-    On Python 3.11 `asyncio.wait_for` (which redis-py uses around socket writes)
-    returns its inner result when the cancel lands just as that finished, so the
-    CancelledError never reaches this loop; `Task.cancelling()` still counts it.
-    Without this check, shutdown would wait for a sweeper that runs on.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -94,6 +95,10 @@ async def read_post_form(request: Request, folder: Path, max_bytes: int) -> Post
         form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)
     except MultiPartException as exc:
         raise BadRequest(f"malformed multipart body: {exc.message}") from None
+    except HTTPException as exc:  # inside an app, Starlette re-raises MultiPartException as 400
+        if exc.status_code != 400:
+            raise
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
     try:
         upload = form.get("media")
         if not isinstance(upload, UploadFile):

@@ -1,0 +1,223 @@
+"""`stories serve` as a real process: embedded Redis, HTTP on a free port, expiry, exits.
+
+Every process started here is stopped by its PID in a `finally`. Servers bind
+127.0.0.1 on a port found by binding port 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MEDIA = REPO / "tests" / "media"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STORIES_")}
+    env.pop("REDIS_URL", None)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def stories(*args: str, cwd: Path, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run `python -m server ARGS` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        env=cli_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+@contextmanager
+def serving(
+    data_dir: Path, port: int, *extra: str
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A `serve` process (output to a log file), killed by PID with its Redis at the end."""
+    log = data_dir.parent / f"serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                *extra,
+            ],
+            env=cli_env(),
+            cwd=data_dir.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    children: list[psutil.Process] = []
+    try:
+        yield proc, log
+    finally:
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        _stop(proc)
+        for child in children:
+            try:
+                child.kill()
+                child.wait(5)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def redis_children(pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(pid).children(recursive=True) if "redis" in p.name()]
+
+
+class User:
+    def __init__(self, http: httpx.Client, handle: str) -> None:
+        r = http.post("/api/v1/auth/dev-login", json={"handle": handle})
+        assert r.status_code == 200, r.text
+        self.http, self.id = http, r.json()["user"]["id"]
+        self.headers = {"Authorization": f"Bearer {r.json()['token']}"}
+
+    def __getattr__(self, method: str) -> Any:
+        return lambda path, **kw: self.http.request(
+            method.upper(), "/api/v1" + path, headers=self.headers, **kw
+        )
+
+    def post_media(self, name: str) -> dict[str, Any]:
+        with (MEDIA / name).open("rb") as fh:
+            r = self.post("/stories", files={"media": (name, fh)})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+
+def test_serve_end_to_end_second_server_and_sigterm(tmp_path):
+    data = tmp_path / "d"
+    port = free_port()
+    with serving(data, port, "--dev-login", "--lifetime-seconds", "3") as (proc, log):
+        base = f"http://127.0.0.1:{port}"
+        http = httpx.Client(base_url=base, timeout=10)
+        try:
+            wait_until(lambda: http.get("/readyz").status_code == 200, 20, "/readyz 200")
+            banner = log.read_text()
+            assert f"http://127.0.0.1:{port}/" in banner
+            assert "Redis" in banner and "embedded" in banner and "unix://" in banner
+            [redis_proc] = redis_children(proc.pid)
+            assert redis_proc.is_running()
+
+            bob, ann = User(http, "bob"), User(http, "ann")
+            assert ann.put(f"/me/following/{bob.id}").status_code == 204
+            video = bob.post_media("city_vertical_h264.mp4")
+            photo = bob.post_media("chelsea_exif_orientation6.jpg")
+            assert video["media"]["kind"] == "video" and photo["media"]["kind"] == "image"
+            assert (photo["media"]["width"], photo["media"]["height"]) == (451, 300)
+            [entry] = ann.get("/tray").json()["items"]
+            assert entry["owner"]["id"] == bob.id and entry["has_unseen"]
+            assert entry["item_count"] == 2 and entry["first_unseen_id"] == video["id"]
+            assert ann.post(f"/stories/{photo['id']}/seen").status_code == 204
+            [entry] = ann.get("/tray").json()["items"]
+            assert entry["has_unseen"] is False and entry["first_unseen_id"] is None
+            viewers = bob.get(f"/stories/{video['id']}/viewers").json()
+            assert viewers["count"] == 1 and viewers["items"][0]["user"]["id"] == ann.id
+            got = http.get(video["media"]["url"], headers={"Range": "bytes=0-9"})
+            assert got.status_code == 206 and len(got.content) == 10
+
+            # a second server on the same data dir refuses, clearly, while the first runs
+            second = stories(
+                "serve", "--port", str(free_port()), "--data-dir", str(data), cwd=tmp_path
+            )
+            assert second.returncode == 3, second.stdout + second.stderr
+            assert "in use" in second.stderr and "Traceback" not in second.stderr
+            assert http.get("/readyz").status_code == 200  # the first is unharmed
+
+            # lifetime 3 s: gone from the tray, reads and media soon after
+            wait_until(lambda: ann.get("/tray").json()["items"] == [], 8, "expiry")
+            assert ann.get(f"/stories/{video['id']}").status_code == 404
+            assert ann.get(f"/users/{bob.id}/stories").json()["items"] == []
+            assert http.get(video["media"]["url"]).status_code == 404
+            wait_until(lambda: len(bob.get("/me/archive").json()["items"]) == 2, 5, "archive")
+        finally:
+            http.close()
+
+        # SIGTERM: the server exits and takes its embedded redis-server with it
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+        assert code in (0, 128 + signal.SIGTERM), log.read_text()[-2000:]
+        redis_proc.wait(5)
+        assert not redis_proc.is_running()
+        assert "Traceback" not in log.read_text()
+
+
+def test_unreachable_redis_exits_3_with_one_line(tmp_path):
+    done = stories(
+        "serve",
+        "--port",
+        str(free_port()),
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        cwd=tmp_path,
+        timeout_s=40,
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr and "127.0.0.1:1" in lines[0]
+    assert not (tmp_path / "d" / "redis").exists()  # no embedded Redis was started
+
+
+@pytest.mark.parametrize("bad", [["--workers", "x"], ["--lifetime-seconds", "0"]])
+def test_bad_configuration_exits_non_zero_without_traceback(tmp_path, bad):
+    done = stories(
+        "serve",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        *bad,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.strip()
