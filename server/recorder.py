@@ -100,7 +100,15 @@ class _VideoOut:
         stream = container.add_stream(
             "libx264",
             rate=fps,
-            options={"preset": "veryfast", "crf": "23", "profile": "high", "bf": "0"},
+            # zerolatency: no lookahead, so stop() flushes in ~20 ms instead of ~150 ms
+            # (bench/capture.py); B-frames off keeps audio and video aligned without edit lists
+            options={
+                "preset": "veryfast",
+                "tune": "zerolatency",
+                "crf": "23",
+                "profile": "high",
+                "bf": "0",
+            },
         )
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
         stream.time_base = VIDEO_TIME_BASE
@@ -257,6 +265,7 @@ class StoryRecorder:
         self.first_frame_at: float | None = None  # time.monotonic() of the first frame
         self.last_frame_at: float | None = None  # time.monotonic() of the latest frame
         self._tracks: dict[str, MediaStreamTrack] = {}
+        self._consumed: dict[str, int] = {}  # frames taken from each track so far
         self._clocks = {"video": _TrackClock(), "audio": _TrackClock()}
         self._ended: set[str] = set()
         self._end_s = 0.0
@@ -354,6 +363,7 @@ class StoryRecorder:
         try:
             while True:
                 frame = await track.recv()
+                self._consumed[kind] = self._consumed.get(kind, 0) + 1
                 at = self._place(kind, frame)
                 if at * 1000 >= self.max_duration_ms:
                     self._finish("cap")
@@ -391,7 +401,28 @@ class StoryRecorder:
         self._tasks.clear()
         await self._blackhole.stop()
 
+    async def _catch_up(self, limit_s: float = 3.0) -> None:
+        """Before stopping, write the frames that had already arrived (decoded and queued).
+
+        A recorder running behind (a busy machine) would otherwise cut the end of
+        the story: aiortc's receiver queues decoded frames until `recv()` takes them.
+        Only the backlog present now is awaited, at most `limit_s`; frames arriving
+        after the stop are not.
+        """
+        targets = {}
+        for kind, track in self._tracks.items():
+            queue = getattr(track, "_queue", None)  # aiortc RemoteStreamTrack's frame queue
+            if isinstance(queue, asyncio.Queue) and queue.qsize():
+                targets[kind] = self._consumed.get(kind, 0) + queue.qsize()
+        deadline = time.monotonic() + limit_s
+        while targets and time.monotonic() < deadline and not self.finished.is_set():
+            if all(self._consumed.get(k, 0) >= n for k, n in targets.items()):
+                return
+            await asyncio.sleep(0.02)
+
     async def _stop(self) -> RecordingResult:
+        if not self._halted:
+            await self._catch_up()
         await self._halt()
         try:
             return await self._run(self._finish_sync)
