@@ -180,6 +180,7 @@ class Broker:
                 raise redis.exceptions.ConnectionError("pub/sub socket was reconnected")
             if msg is None or msg["type"] != "message":
                 continue
+            self._canary_seen = time.monotonic()  # any message proves the link is alive
             channel = msg["channel"].decode()
             if channel == self.canary_channel:
                 self._canary_seen = time.monotonic()

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from server import frames
+from server.audience import Relation
 from server.broker import Broker
 from server.clock import rfc3339
 from server.connection import Connection
@@ -36,6 +37,7 @@ from server.store import Store
 from server.tray import ActiveItem, ring, visible_items
 
 log = logging.getLogger("stories.hub")
+View = tuple[bool, bool, bool, bool, int]
 
 
 @dataclass
@@ -254,27 +256,66 @@ class Hub:
 
     # ---- story lifecycle ---------------------------------------------------------------
 
-    def _entry_frame(self, conn: Connection, owner: str, cache: dict[tuple[Any, ...], str]) -> str:
-        """tray.update or tray.remove for `owner` as `conn` sees it, encoded once per variant."""
-        oc = self.owners.get(owner)
-        relation = conn.relation(owner)
-        items = (
-            visible_items(oc.items.values(), relation, self.now())
-            if oc and conn.in_tray(owner)
-            else []
+    @staticmethod
+    def _view(conn: Connection, owner: str) -> View:
+        """How `conn` sees `owner`: (is owner, follows, close friend, hidden, seen-up-to).
+
+        Every frame about `owner` depends on nothing else, so one fan-out computes
+        and encodes each distinct view once, however many followers share it.
+        """
+        if owner == conn.user_id:
+            return (True, False, False, False, 0)
+        return (
+            False,
+            owner in conn.following,
+            owner in conn.close_friend_of,
+            owner in conn.hidden_from,
+            conn.seen.get(owner, 0),
         )
-        state = ring(owner, items, conn.seen.get(owner, 0), own=relation.is_owner)
-        key = (owner, state)
-        if key not in cache:
-            if state is None:
-                cache[key] = frames.encode("tray.remove", self.now(), owner_id=owner)
-            else:
-                first = item_id(owner, state.first_unseen_seq) if state.first_unseen_seq else None
-                entry = {"owner": oc.user if oc else {"id": owner}, "has_unseen": state.has_unseen,
-                         "item_count": state.item_count, "latest_at": rfc3339(state.latest_ms),
-                         "first_unseen_id": first}  # fmt: skip
-                cache[key] = frames.encode("tray.update", self.now(), entry=entry)
-        return cache[key]
+
+    def _entry_frame(self, owner: str, view: View, cache: dict[View, str]) -> str:
+        """tray.update or tray.remove for `owner` as seen from `view`, encoded once per view."""
+        frame = cache.get(view)
+        if frame is not None:
+            return frame
+        is_owner, follows, close_friend, hidden, seen = view
+        oc = self.owners.get(owner)
+        relation = Relation(is_owner, follows, close_friend, hidden)
+        in_tray = is_owner or (follows and not hidden)
+        items = visible_items(oc.items.values(), relation, self.now()) if oc and in_tray else []
+        state = ring(owner, items, seen, own=is_owner)
+        if state is None:
+            frame = frames.encode("tray.remove", self.now(), owner_id=owner)
+        else:
+            first = item_id(owner, state.first_unseen_seq) if state.first_unseen_seq else None
+            entry = {"owner": oc.user if oc else {"id": owner}, "has_unseen": state.has_unseen,
+                     "item_count": state.item_count, "latest_at": rfc3339(state.latest_ms),
+                     "first_unseen_id": first}  # fmt: skip
+            frame = frames.encode("tray.update", self.now(), entry=entry)
+        cache[view] = frame
+        return frame
+
+    def _fan_out(
+        self, owner: str, audience: str, conns: list[Connection], story: str, own: str
+    ) -> None:
+        """Queue the story frame and the new tray entry to every connection allowed to see."""
+        per_view: dict[View, tuple[str, ...]] = {}
+        entries: dict[View, str] = {}
+        for conn in conns:
+            view = self._view(conn, owner)
+            out = per_view.get(view)
+            if out is None:
+                is_owner, follows, close_friend, hidden, _ = view
+                relation = Relation(is_owner, follows, close_friend, hidden)
+                allowed = (is_owner or follows) and relation.can_see(audience)
+                out = (
+                    (own if is_owner else story, self._entry_frame(owner, view, entries))
+                    if allowed
+                    else ()
+                )
+                per_view[view] = out
+            for frame in out:
+                self.enqueue(conn, frame)
 
     def _on_story_new(self, event: dict[str, Any], conns: list[Connection]) -> None:
         owner, item = event["owner_id"], event["item"]
@@ -284,15 +325,7 @@ class Hub:
         oc.items[seq] = ActiveItem(seq, event["audience"], event["created_ms"], event["expires_ms"])
         shared = frames.encode("story.new", self.now(), item=item)
         own = frames.encode("story.new", self.now(), item={**item, "seen": True, "view_count": 0})
-        cache: dict[tuple[Any, ...], str] = {}
-        for conn in conns:
-            relation = conn.relation(owner)
-            if not (relation.is_owner or relation.follows) or not relation.can_see(
-                event["audience"]
-            ):
-                continue
-            self.enqueue(conn, own if relation.is_owner else shared)
-            self.enqueue(conn, self._entry_frame(conn, owner, cache))
+        self._fan_out(owner, event["audience"], conns, shared, own)
 
     def _on_story_removed(self, event: dict[str, Any], conns: list[Connection]) -> None:
         owner, seq = event["owner_id"], event["seq"]
@@ -302,15 +335,7 @@ class Hub:
             oc.removed.add(seq)
         payload = {"item_id": event["item_id"], "owner_id": owner, "reason": event["reason"]}
         shared = frames.encode("story.removed", self.now(), **payload)
-        cache: dict[tuple[Any, ...], str] = {}
-        for conn in conns:
-            relation = conn.relation(owner)
-            if not (relation.is_owner or relation.follows) or not relation.can_see(
-                event["audience"]
-            ):
-                continue
-            self.enqueue(conn, shared)
-            self.enqueue(conn, self._entry_frame(conn, owner, cache))
+        self._fan_out(owner, event["audience"], conns, shared, shared)
 
     def _on_story_audience(self, event: dict[str, Any], conns: list[Connection]) -> None:
         owner, seq = event["owner_id"], event["seq"]
@@ -318,12 +343,12 @@ class Hub:
         if oc and seq in oc.items:
             old = oc.items[seq]
             oc.items[seq] = ActiveItem(seq, event["audience"], old.created_ms, old.expires_ms)
-        cache: dict[tuple[Any, ...], str] = {}
+        cache: dict[View, str] = {}
         for conn in conns:
             relation = conn.relation(owner)
             if relation.can_see(event["audience"]) or relation.can_see(event["old_audience"]):
                 if conn.in_tray(owner):
-                    self.enqueue(conn, self._entry_frame(conn, owner, cache))
+                    self.enqueue(conn, self._entry_frame(owner, self._view(conn, owner), cache))
 
     # ---- personal events (inbox) ----------------------------------------------------------
 
@@ -365,12 +390,12 @@ class Hub:
 
     def _on_seen_sync(self, event: dict[str, Any], conns: list[Connection]) -> None:
         owner, seq = event["owner_id"], event["seq"]
-        cache: dict[tuple[Any, ...], str] = {}
+        cache: dict[View, str] = {}
         for conn in conns:
             if seq > conn.seen.get(owner, 0):
                 conn.seen[owner] = seq
                 if conn.in_tray(owner):
-                    self.enqueue(conn, self._entry_frame(conn, owner, cache))
+                    self.enqueue(conn, self._entry_frame(owner, self._view(conn, owner), cache))
 
     def _on_graph_changed(self, event: dict[str, Any], conns: list[Connection]) -> None:
         for conn in conns:
@@ -392,7 +417,7 @@ class Hub:
             await self._subscribe(conn, channel)
         else:
             await self._unsubscribe(conn, channel)
-        self.enqueue(conn, self._entry_frame(conn, other, {}))
+        self.enqueue(conn, self._entry_frame(other, self._view(conn, other), {}))
 
     async def drain(self, timeout_s: float, batch: int = 200) -> None:
         """Shutdown: flush queued frames, then close every socket with 1012 in batches.

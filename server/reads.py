@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.audience import Relation
 from server.clock import rfc3339
 from server.errors import NotFound
 from server.items import ItemRecord, Json, render
@@ -55,13 +56,17 @@ class StoryReader:
 
     async def visible(self, viewer: str, text_id: str) -> ItemRecord:
         """A live item `viewer` may see. Raises NotFound (404) otherwise, hidden included."""
+        return (await self.visible_with_relation(viewer, text_id))[0]
+
+    async def visible_with_relation(self, viewer: str, text_id: str) -> tuple[ItemRecord, Relation]:
+        """`visible()`, plus how the viewer stands towards the item's owner."""
         rec = await self.record(text_id)
         if rec is None or not rec.is_live(self.s.clock.now_ms()):
             raise NotFound(f"no story item {text_id}")
         relation = await self.s.graph.relation(viewer, rec.owner)
         if not relation.can_see(rec.audience):
             raise NotFound(f"no story item {text_id}")
-        return rec
+        return rec, relation
 
     async def render_many(
         self, viewer: str, recs: list[ItemRecord], archive: bool = False

@@ -47,7 +47,7 @@ class SeenBook:
 
         Raises NotFound when the viewer may not see the item.
         """
-        rec = await self.reader.visible(viewer["id"], text_id)
+        rec, relation = await self.reader.visible_with_relation(viewer["id"], text_id)
         if rec.owner == viewer["id"]:
             return
         k = self.s.keys
@@ -56,7 +56,6 @@ class SeenBook:
         )
         if prev >= rec.seq:
             return
-        relation = await self.s.graph.relation(viewer["id"], rec.owner)
         now = self.s.clock.now_ms()
         active = await self.reader._active_items(rec.owner)
         newly = [i for i in visible_items(active, relation, now) if prev < i.seq <= rec.seq]
