@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from server.audience import Relation
 from server.keys import Keys
 from server.outbox import Outbox, ViewCountCoalescer
 
-SendText = Callable[[str], Awaitable[None]]
+SendText = Callable[[str], Coroutine[Any, Any, None]]
 Close = Callable[[int, str], Awaitable[None]]
 
 
@@ -40,8 +40,8 @@ class Connection:
         self.seen: dict[str, int] = {}
         self.ready = False  # the snapshot was queued; earlier events are covered by it
         self.closing = False
-        self.wake = asyncio.Event()
-        self.writer: asyncio.Task[None] | None = None
+        self.dirty = False  # waiting for the hub's next flush
+        self.sending: asyncio.Task[None] | None = None  # a send blocked by backpressure
 
     def relation(self, owner: str) -> Relation:
         if owner == self.user_id:

@@ -8,8 +8,9 @@ tray entries differ by viewer (seen state, close friends) and are encoded once
 per distinct entry. Tray entries are computed from the cache, not from Redis,
 so pushing a post costs no Redis work per follower.
 
-Each connection has a bounded outbox and one writer task; frames queued while
-a send is in flight are packed into one JSON-array frame. A connection whose
+Each connection has a bounded outbox. Frames queued during one event-loop
+iteration are sent by one flush (`sender.py`: no task per connection unless a
+send blocks); frames that queue up meanwhile are packed into one JSON array. A connection whose
 outbox overflows is closed with 1013 and counted, and never delays the others.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -33,6 +35,7 @@ from server.clock import rfc3339
 from server.connection import Connection
 from server.keys import item_id
 from server.reads import StoryReader
+from server.sender import start_send
 from server.store import Store
 from server.tray import ActiveItem, ring, visible_items
 
@@ -64,6 +67,8 @@ class Hub:
         self.frames_sent = 0
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
 
     def bind(self, broker: Broker) -> None:
         self.broker = broker
@@ -83,7 +88,6 @@ class Hub:
             conn.closing = True
             return
         self.conns.add(conn)
-        conn.writer = asyncio.create_task(self._writer(conn), name=f"ws-writer-{conn.id}")
         await self._load_relations(conn)
         for channel in conn.channels(self.s.keys):
             await self._subscribe(conn, channel)
@@ -98,10 +102,11 @@ class Hub:
             await self._unsubscribe(conn, channel)
         if conn.count_timer:
             conn.count_timer.cancel()
-        if conn.writer and conn.writer is not asyncio.current_task():
-            conn.writer.cancel()
+        conn.outbox.take()
+        if conn.sending and conn.sending is not asyncio.current_task():
+            conn.sending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await conn.writer
+                await conn.sending
 
     async def _load_relations(self, conn: Connection) -> None:
         k = self.s.keys
@@ -180,31 +185,50 @@ class Hub:
                 self._close(conn, frames.WS_1013_TRY_AGAIN_LATER, "too slow a reader")
             )
             return
-        conn.wake.set()
+        if conn.sending is None and not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send what every dirty connection has queued: one packed frame each."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.dirty = False
+            self._send_queued(conn)
+
+    def _send_queued(self, conn: Connection) -> None:
+        batch = conn.outbox.take()
+        if not batch or conn.closing:
+            return
+        try:
+            conn.sending = start_send(conn.send_text(frames.pack(batch)))
+        except Exception as exc:  # the socket went away; its endpoint detaches it
+            log.debug("send to %s failed: %s", conn.id, exc)
+            conn.closing = True
+            return
+        self.frames_sent += len(batch)
+        if conn.sending is not None:
+            conn.sending.add_done_callback(functools.partial(self._sent, conn))
+
+    def _sent(self, conn: Connection, _task: object = None) -> None:
+        """A blocked send finished: send what queued up behind it."""
+        conn.sending = None
+        if conn.outbox and not conn.closing and conn in self.conns:
+            self._send_queued(conn)
 
     async def _close(self, conn: Connection, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await conn.close(code, reason)
         await self.detach(conn)
 
-    async def _writer(self, conn: Connection) -> None:
-        try:
-            while not conn.closing:
-                await conn.wake.wait()
-                conn.wake.clear()
-                batch = conn.outbox.take()
-                if batch:
-                    await conn.send_text(frames.pack(batch))
-                    self.frames_sent += len(batch)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the socket went away; the endpoint detaches
-            log.debug("writer for %s ended: %s", conn.id, exc)
-
     async def flush(self, conn: Connection, timeout_s: float) -> None:
         """Wait (up to `timeout_s`) until `conn`'s outbox is empty; for drain on shutdown."""
         deadline = time.monotonic() + timeout_s
-        while len(conn.outbox) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while (len(conn.outbox) or conn.sending) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     # ---- Receiver -------------------------------------------------------------------

@@ -162,7 +162,7 @@ async def test_attach_detach_cycles_leave_nothing(settings: Settings) -> None:
         assert cycles == 10_000
         assert _clean(svc) == CLEAN
 
-        assert not _pending("Hub._writer")
+        assert not _pending("_resume")
         deadline, url = time.monotonic() + 5, settings.redis_url or ""
         while (left := _channels(url, settings.redis_prefix)) != [svc.broker.canary_channel]:
             assert time.monotonic() < deadline, left
