@@ -23,7 +23,16 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from server import drain, http_admin, http_captures, http_media, http_stories, http_users, ws
+from server import (
+    drain,
+    http_admin,
+    http_captures,
+    http_media,
+    http_stories,
+    http_users,
+    redact,
+    ws,
+)
 from server.clock import Clock
 from server.errors import ServiceUnavailable, StoriesError
 from server.responses import problem_response
@@ -99,6 +108,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     ]
     if DEMO_DIR.is_dir():
         routes.append(Mount("/", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"))
+    redact.install()
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_problem_handlers)
     app.state.settings = settings
     return app

@@ -50,6 +50,7 @@ class Authenticator:
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
         self.dev_ttl_s = settings.dev_token_ttl_s
+        self.leeway_s = settings.jwt_leeway_s
         if self.algorithm == "HS256":
             secret = settings.jwt_secret
             self._secret: bytes = (
@@ -71,6 +72,7 @@ class Authenticator:
                 algorithms=[self.algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
+                leeway=self.leeway_s,
                 options={"require": ["sub", "exp"], "verify_aud": self.audience is not None},
             )
         except jwt.ExpiredSignatureError:

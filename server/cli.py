@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from server.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from server.embedded_redis import DataDirInUse, EmbeddedRedis, EmbeddedRedisError
 from server.settings import Settings, load_settings
 
 EXIT_CONFIG = 2
@@ -73,13 +73,24 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 @contextlib.contextmanager
-def redis_for(settings: Settings) -> Iterator[str]:
-    """The Redis URL to use, starting (and finally stopping) the embedded one if needed."""
+def redis_for(settings: Settings, *, share: bool = False) -> Iterator[str]:
+    """The Redis URL to use, starting (and finally stopping) the embedded one if needed.
+
+    `share`: when a running server owns the data dir, use its embedded Redis
+    (for admin commands such as `stories rollout`) instead of refusing.
+    """
     if settings.redis_url:
         yield settings.redis_url
         return
     embedded = EmbeddedRedis(settings.data_dir)
-    url = embedded.start()
+    try:
+        url = embedded.start()
+    except DataDirInUse:
+        if not share:
+            raise
+        yield embedded.url
+        return
+    embedded.supervise()
     try:
         yield url
     finally:
@@ -161,13 +172,16 @@ def main(argv: list[str] | None = None) -> int:
 
             print(Authenticator(settings).mint(args.user_id, int(time.time())))
             return 0
-        with redis_for(settings) as url:
+        with redis_for(settings, share=True) as url:
             import orjson
 
             gate = asyncio.run(_rollout(settings, args, url))
             print(orjson.dumps(gate, option=orjson.OPT_INDENT_2).decode())
         return 0
     except EmbeddedRedisError as exc:
+        print(f"stories: {exc}", file=sys.stderr)
+        return EXIT_REDIS
+    except ValueError as exc:  # e.g. a Redis URL of an unknown scheme
         print(f"stories: {exc}", file=sys.stderr)
         return EXIT_REDIS
     except redis.RedisError as exc:

@@ -10,21 +10,28 @@ instead of sharing (and possibly corrupting) the AOF.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import redis
 
+log = logging.getLogger("stories.redis")
 MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
 
 
 class EmbeddedRedisError(RuntimeError):
     """The embedded Redis could not be started (binary missing, data dir in use, timeout)."""
+
+
+class DataDirInUse(EmbeddedRedisError):
+    """Another live server owns this data dir (and its redis-server)."""
 
 
 def redis_server_binary() -> str:
@@ -57,6 +64,7 @@ class EmbeddedRedis:
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
         self._sock_dir: str | None = None
+        self._stopping = threading.Event()
         self.socket_path = self._pick_socket_path()
 
     @property
@@ -77,7 +85,7 @@ class EmbeddedRedis:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise EmbeddedRedisError(
+            raise DataDirInUse(
                 f"data dir {self.dir.parent} is in use by another stories server; "
                 "stop it, pick another --data-dir, or share one Redis with --redis-url"
             ) from None
@@ -86,6 +94,14 @@ class EmbeddedRedis:
     def start(self) -> str:
         """Start redis-server; returns its URL. Raises EmbeddedRedisError."""
         self._lock()
+        try:
+            self._spawn()
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def _spawn(self) -> None:
         if self.socket_path.exists():
             self.socket_path.unlink()  # stale: we hold the lock, so nobody else serves it
         args = [
@@ -103,7 +119,32 @@ class EmbeddedRedis:
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         self._wait_ready()
-        return self.url
+
+    def supervise(self, interval_s: float = 0.5) -> threading.Thread:
+        """Restart redis-server (same data, from its AOF) whenever it dies, until `stop()`.
+
+        Runs in a daemon thread of the owning process; returns the thread. The app
+        answers 503 while Redis is away and resumes by itself once it is back.
+        """
+
+        def watch() -> None:
+            delay = interval_s
+            while not self._stopping.wait(delay):
+                proc = self.proc
+                if proc is None or proc.poll() is None:
+                    delay = interval_s
+                    continue
+                log.error("embedded redis-server exited with %s; restarting", proc.returncode)
+                try:
+                    self._spawn()
+                    delay = interval_s
+                except EmbeddedRedisError as exc:
+                    log.error("embedded redis-server did not restart: %s", exc)
+                    delay = min(10.0, delay * 2)
+
+        thread = threading.Thread(target=watch, name="embedded-redis-watch", daemon=True)
+        thread.start()
+        return thread
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -117,11 +158,14 @@ class EmbeddedRedis:
                     return
             except (redis.ConnectionError, FileNotFoundError):
                 time.sleep(0.05)
-        self.stop()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
         raise EmbeddedRedisError(f"redis-server did not answer within {self.start_timeout_s} s")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM (redis flushes the AOF), wait, SIGKILL if needed; release the lock."""
+        self._stopping.set()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import redis.exceptions
 
 from server import frames
 from server.audience import Relation
+from server.backoff import Backoff, raise_if_cancelling
 from server.broker import Broker
 from server.clock import rfc3339
 from server.connection import Connection
@@ -250,17 +252,30 @@ class Hub:
             self._resync_again = True  # a second gap while resyncing: run it once more
 
     async def resync_all(self) -> None:
-        """Reload relations, fix subscriptions and send a snapshot to every connection."""
-        self._resync_again = True
-        while self._resync_again:
-            self._resync_again = False
-            await self._resync_once()
+        """Reload relations, fix subscriptions and send a snapshot to every connection.
 
-    async def _resync_once(self) -> None:
+        Connections whose reload failed (Redis still flapping) are retried with
+        backoff until each has had its fresh snapshot.
+        """
+        backoff = Backoff(base_s=0.2, cap_s=5.0)
+        pending = list(self.conns)
+        self._resync_again = False
+        while pending:
+            failed = await self._resync_once(pending)
+            if self._resync_again:  # another gap meanwhile: everyone again
+                self._resync_again, failed = False, list(self.conns)
+            pending = [c for c in failed if c in self.conns and not c.closing]
+            if pending:
+                raise_if_cancelling()
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _resync_once(self, conns: list[Connection]) -> list[Connection]:
+        """One pass over `conns`; returns the ones that could not be resynced."""
         self.owners.clear()
+        failed: list[Connection] = []
         reloaded: set[str] = set()  # a story.new may re-create a cache before its reload
-        for conn in list(self.conns):
-            if conn.closing:
+        for conn in conns:
+            if conn.closing or conn not in self.conns:
                 continue
             try:
                 await self._load_relations(conn)
@@ -275,8 +290,12 @@ class Hub:
                         reloaded.add(str(owner))
                         await self._load_owner(str(owner))
                 await self._snapshot(conn)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                log.warning("resync of %s failed (%s); will retry", conn.id, exc)
+                failed.append(conn)
             except Exception:
                 log.exception("resync of %s failed", conn.id)
+        return failed
 
     # ---- story lifecycle ---------------------------------------------------------------
 

@@ -41,6 +41,7 @@ class Settings:
     jwt_public_key_file: str | None = None  # PEM public key for RS256/ES256
     jwt_audience: str | None = None  # required `aud` claim; None: not checked
     jwt_issuer: str | None = None  # required `iss` claim; None: not checked
+    jwt_leeway_s: int = 30  # clock skew tolerated on exp/iat/nbf, seconds
     jwt_country_claim: str = "country"  # claim holding an ISO 3166 country code (rollout gate)
     dev_token_ttl_s: int = 7 * 24 * 3600  # lifetime of dev-login tokens, seconds
     admin_token: str | None = None  # bearer token of /api/v1/admin/*; None: admin API off

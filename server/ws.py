@@ -74,6 +74,9 @@ async def ws_endpoint(ws: WebSocket) -> None:
     except (StoriesError, WebSocketDisconnect) as exc:
         await _close(ws, frames.WS_4001_UNAUTHORIZED, getattr(exc, "detail", "unauthorized"))
         return
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        await _close(ws, frames.WS_1013_TRY_AGAIN_LATER, "storage unavailable; retry shortly")
+        return
     conn = Connection(
         user,
         ws.send_text,

@@ -196,6 +196,7 @@ def test_delete_and_archive(login, client):
     assert alice.get("/tray").json()["items"] == []
     archive = bob.get("/me/archive").json()["items"]
     assert [a["id"] for a in archive] == [item["id"]] and archive[0]["status"] == "deleted"
+    assert archive[0]["ended_at"] is not None
     assert client.get(archive[0]["media"]["url"]).status_code == 200
 
 

@@ -221,3 +221,24 @@ def test_bad_configuration_exits_non_zero_without_traceback(tmp_path, bad):
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and done.stderr.strip()
+
+
+def test_embedded_redis_that_dies_is_restarted_with_its_data(tmp_path):
+    """The server restarts its own redis-server (from the AOF) and serves again by itself."""
+    port = free_port()
+    data = tmp_path / "data"
+    with serving(data, port, "--dev-login") as (proc, log):
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=10) as http:
+            wait_until(lambda: http.get("/readyz").status_code == 200, 20, "readiness")
+            alice = User(http, "alice")
+            item = alice.post_media("rocket.jpg")
+            time.sleep(1.2)  # appendfsync everysec
+            (first,) = redis_children(proc.pid)
+            first.kill()
+            first.wait(5)
+            wait_until(lambda: http.get("/readyz").status_code == 200, 10, "redis restarted")
+            (second,) = redis_children(proc.pid)
+            assert second.pid != first.pid
+            assert alice.get(f"/stories/{item['id']}").status_code == 200
+        assert "restarting" in log.read_text()

@@ -50,3 +50,14 @@ def test_view_counts_coalesce_to_four_a_second_and_end_exact():
     assert c.due(250) == [("i", 4)]
     assert c.next_due_ms() is None
     assert c.offer("i", 5, now_ms=600)
+
+
+def test_tokens_are_redacted_from_log_lines():
+    import logging
+
+    from server.redact import RedactTokens
+
+    record = logging.LogRecord("uvicorn.error", 20, "", 0, '%s - "WebSocket %s" [accepted]',
+                               ("127.0.0.1:5", "/ws?token=eyJhbGciOi.abc.def&x=1"), None)  # fmt: skip
+    assert RedactTokens().filter(record)
+    assert record.getMessage() == '127.0.0.1:5 - "WebSocket /ws?token=[redacted]&x=1" [accepted]'

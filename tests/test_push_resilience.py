@@ -179,3 +179,30 @@ async def test_clients_connecting_during_a_burst_of_posts_end_with_the_true_tray
         for sock, fan in zip(socks, fans, strict=True):
             await converged(sock, fan)
             assert sock.tray()[owners[0].id]["item_count"] == 60
+
+
+async def test_socket_opened_while_redis_is_down_closes_1013(settings, own_redis, tmp_path):
+    settings = dataclasses.replace(settings, redis_url=own_redis.url)
+    with LiveServer(settings) as live:
+        alice = Client(live, "alice")
+        own_redis.proc.kill()
+        own_redis.proc.wait()
+        async with websockets.connect(f"{live.ws_url}?token={alice.token}") as ws:
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1013
+        own_redis.stop()
+        restarted = EmbeddedRedis(tmp_path / "own-redis")
+        restarted.start()
+        try:
+            deadline = time.monotonic() + 10
+            while True:  # the client pool reconnects on first use
+                try:
+                    sock = await alice.socket()
+                    break
+                except (websockets.ConnectionClosed, AssertionError):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.2)
+            await sock.close()
+        finally:
+            restarted.stop()

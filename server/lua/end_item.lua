@@ -9,7 +9,7 @@ end
 local member = redis.call('HGET', KEYS[1], 'member')
 local seq = redis.call('HGET', KEYS[1], 'seq')
 redis.call('ZREM', KEYS[2], member)
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_ms', ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], seq)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
