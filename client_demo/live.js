@@ -166,8 +166,10 @@ export class LiveCapture {
   }
 
   _finished(item) {
-    if (!item || this.done) return;
+    // The /stop answer and the capture.finished event both bring the item: act once.
+    if (!item || this.done || item.id === this.lastFinishedId) return;
     this.done = true;
+    this.lastFinishedId = item.id;
     this.client.noteOwnItem(item);
     this.captureId = null;
     toast('Your live clip was added to your story');
