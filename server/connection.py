@@ -32,7 +32,7 @@ class Connection:
         self.send_text = send_text
         self.close = close
         self.outbox = Outbox(max_queue_bytes)
-        self.coalescer = ViewCountCoalescer(250)
+        self.coalescer = ViewCountCoalescer(260)  # any 1 s window holds at most 4
         self.count_timer: asyncio.TimerHandle | None = None
         self.following: set[str] = set()
         self.close_friend_of: set[str] = set()

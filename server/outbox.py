@@ -41,6 +41,9 @@ class Outbox:
 class ViewCountCoalescer:
     """At most one `story.view_count` per item per `interval_ms`; the highest count wins.
 
+    The default, 260 ms, keeps any one-second window to at most 4 updates
+    (250 ms would allow 5 when they fall exactly on the window's edges).
+
     `offer(item, count, now)` returns True when the count may be sent now;
     otherwise it is kept, and `due(now)` hands back every kept count whose
     interval has passed, so the final value is always delivered exactly.
@@ -48,7 +51,7 @@ class ViewCountCoalescer:
     order, so a count lower than one already sent or kept is dropped.
     """
 
-    def __init__(self, interval_ms: int = 250) -> None:
+    def __init__(self, interval_ms: int = 260) -> None:
         self.interval_ms = interval_ms
         self._last_sent: dict[str, int] = {}
         self._pending: dict[str, int] = {}

@@ -4,7 +4,7 @@
 `<name>.mp4` (H.264 High 720x1280 yuv420p + AAC-LC 48 kHz stereo when there is
 audio, moov before mdat, no edit list) plus a poster `<name>.jpg` (720x1280).
 
-Design (measured facts in /work/shared/notes/live-capture.md):
+Design (from the team's live-capture measurements on a 2-core machine):
 
 * every output stream is created in `start()`, before the first mux: adding one
   later crashes libavformat (SIGFPE);

@@ -15,6 +15,7 @@ from server.auth import Authenticator, load_or_create_secret
 from server.broker import Broker
 from server.captures import CaptureConfig, CaptureManager
 from server.clock import Clock, SystemClock
+from server.gcpolicy import freeze_on_growth
 from server.graph import Graph
 from server.http_captures import publish_capture, report_failure
 from server.hub import Hub
@@ -116,6 +117,8 @@ class Services:
         await broker.start()
         svc.readiness["pubsub"] = broker.readiness
         svc.tasks.append(asyncio.create_task(svc.sweeper.run(), name="sweeper"))
+        gc_task = freeze_on_growth(lambda: len(hub.conns))
+        svc.tasks.append(asyncio.create_task(gc_task, name="gc-freeze"))
         return svc
 
     async def close(self) -> None:

@@ -93,36 +93,58 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
                 pass
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """A demo server with fresh seeded data; yields its base URL."""
-    port = _free_port()
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--demo", "--port", str(port),
-             "--data-dir", str(tmp_path / "data")],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
+class DemoServer:
+    """`python -m server serve --demo` on a free port; restartable on the same port and data."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = _free_port()
+        self.data = tmp_path / "data"
+        self.log_path = tmp_path / "server.log"
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server", "serve", "--demo", "--port", str(self.port),
+                 "--data-dir", str(self.data)],
+                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
         deadline = time.monotonic() + 60
         while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited early:\n{log_path.read_text()[-3000:]}")
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(base + "/healthz", timeout=2) as res:
+                with urllib.request.urlopen(self.base + "/readyz", timeout=2) as res:
                     if res.status == 200:
-                        break
+                        return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"server did not start:\n{log_path.read_text()[-3000:]}")
+                pytest.fail(f"server did not start:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield base
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[DemoServer]:
+    server = DemoServer(tmp_path)
+    server.start()
+    try:
+        yield server
     finally:
-        _stop(proc)
+        server.stop()
+
+
+@pytest.fixture
+def server(demo: DemoServer) -> str:
+    """A demo server with fresh seeded data: its base URL."""
+    return demo.base
 
 
 @pytest.fixture(scope="module")
@@ -390,9 +412,12 @@ def test_live_updates_over_a_fake_socket(server: str, page: Any) -> None:
         assert page.errors == []
 
 
-def test_two_users_live_over_the_real_socket(server: str, browser: Any) -> None:
-    """bob posts → alice's ring turns unseen live; alice watches → bob's count moves live;
-    then alice goes live from the fake camera and the clip lands in her story."""
+def test_two_users_live_over_the_real_socket(demo: DemoServer, browser: Any) -> None:
+    """bob posts → alice's ring turns unseen within 1 s; alice watches → bob's count and
+    seen-by move within 1 s; alice goes live for 3 s from the fake camera → bob's ring
+    for her lights up and the clip plays; the server restarts → "reconnecting", then
+    the true tray."""
+    server = demo.base
     contexts = [
         browser.new_context(viewport=PHONE, permissions=["camera", "microphone"]) for _ in range(2)
     ]
@@ -415,9 +440,13 @@ def test_two_users_live_over_the_real_socket(server: str, browser: Any) -> None:
             bob.get_by_test_id("add-story").first.click()
             bob.get_by_test_id("upload-input").set_input_files(str(MEDIA / "coffee.png"))
             bob.get_by_test_id("post-button").click()
-            expect(bob.get_by_test_id("ring-bob")).to_be_visible(timeout=30_000)
+            bob.wait_for_function(  # the post is stored: bob now has 3 items
+                "async () => (await storiesClient.get('/users/bob/stories')).items.length === 3",
+                polling=100,
+                timeout=30_000,
+            )
             expect(alice.get_by_test_id("ring-bob")).to_have_attribute(
-                "data-unseen", "true", timeout=10_000
+                "data-unseen", "true", timeout=1_000
             )
 
             # bob keeps his new item open (paused); alice watches it; bob's panel updates.
@@ -435,9 +464,9 @@ def test_two_users_live_over_the_real_socket(server: str, browser: Any) -> None:
                 "data-unseen", "false", timeout=10_000
             )
             alice.keyboard.press("Escape")
-            expect(bob.get_by_test_id("view-count")).to_have_text("1", timeout=10_000)
+            expect(bob.get_by_test_id("view-count")).to_have_text("1", timeout=1_000)
             bob.get_by_test_id("view-count").click()
-            expect(bob.get_by_test_id("viewers-list")).to_contain_text("alice")
+            expect(bob.get_by_test_id("viewers-list")).to_contain_text("alice", timeout=1_000)
             bob.keyboard.press("Escape")
 
             # Go live: countdown, record ~2 s, stop → alice's own ring; bob sees it live.
@@ -445,7 +474,7 @@ def test_two_users_live_over_the_real_socket(server: str, browser: Any) -> None:
             alice.get_by_role("button", name="Start recording").click()
             stop = alice.get_by_test_id("stop-capture")
             expect(stop).to_be_enabled(timeout=20_000)
-            alice.wait_for_timeout(2000)
+            alice.wait_for_timeout(3000)
             stop.click()
             expect(alice.get_by_test_id("ring-alice")).to_be_visible(timeout=30_000)
             expect(bob.get_by_test_id("ring-alice")).to_have_attribute(
@@ -454,6 +483,28 @@ def test_two_users_live_over_the_real_socket(server: str, browser: Any) -> None:
             clip = alice.evaluate("storiesClient.get('/users/alice/stories')")["items"][-1]
             assert clip["source"] == "capture"
             assert clip["media"]["kind"] == "video"
+            bob.get_by_test_id("ring-alice").click()
+            bob.wait_for_function(
+                "() => { const v = document.querySelector('[data-testid=viewer] video');"
+                " return v && v.currentTime > 1; }",
+                timeout=15_000,
+            )
+            bob.keyboard.press("Escape")
+
+            # The server restarts: the badge says reconnecting, then the tray is true again.
+            demo.stop()
+            expect(bob.get_by_test_id("connection-status")).to_have_attribute(
+                "data-state", "reconnecting", timeout=10_000
+            )
+            demo.start()
+            expect(bob.get_by_test_id("connection-status")).to_have_attribute(
+                "data-state", "connected", timeout=30_000
+            )
+            truth = bob.evaluate("storiesClient.get('/tray')")["items"]
+            for entry in truth:
+                expect(bob.get_by_test_id(f"ring-{entry['owner']['handle']}")).to_have_attribute(
+                    "data-unseen", "true" if entry["has_unseen"] else "false"
+                )
     finally:
         for c in contexts:
             c.close()
