@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Mount
+from starlette.routing import Mount, Router
 from starlette.staticfiles import StaticFiles
 
 from server import (
@@ -101,7 +101,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
 
     api = http_users.routes + http_stories.routes + http_captures.routes + http_admin.admin_routes
     routes: list[Any] = [
-        Mount("/api/v1", routes=api),
+        Mount("/api/v1", app=Router(routes=api, redirect_slashes=False)),
         *ws.routes,
         *http_media.routes,
         *http_admin.health_routes,
@@ -110,6 +110,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         routes.append(Mount("/", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"))
     redact.install()
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_problem_handlers)
+    app.router.redirect_slashes = False  # `/api/v1/tray/` is a 404 problem, not a 307
     app.state.settings = settings
     return app
 

@@ -381,3 +381,9 @@ def test_rate_limit_third_post_is_429_with_retry_after(settings):
         assert login("ann").post_media("rocket.jpg").status_code == 201
         clock.advance(45_000)
         assert bob.post_media("chelsea.png").status_code == 201
+
+
+def test_trailing_slash_is_a_problem_not_a_redirect(client):
+    r = client.get("/api/v1/tray/", follow_redirects=False)
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("application/problem+json")
