@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             return serve(settings)
         if args.command == "token":
             from server.auth import Authenticator
+            from server.keys import USER_ID_RE
+
+            if not USER_ID_RE.match(args.user_id):
+                print("stories: a user id is 1-64 of [A-Za-z0-9_-]", file=sys.stderr)
+                return EXIT_CONFIG
 
             print(Authenticator(settings).mint(args.user_id, int(time.time())))
             return 0

@@ -242,3 +242,10 @@ def test_embedded_redis_that_dies_is_restarted_with_its_data(tmp_path):
             assert second.pid != first.pid
             assert alice.get(f"/stories/{item['id']}").status_code == 200
         assert "restarting" in log.read_text()
+
+
+def test_token_refuses_an_id_the_server_would_reject(tmp_path):
+    bad = stories("token", "bad id!", "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
+    assert bad.returncode == 2 and "user id" in bad.stderr
+    good = stories("token", "u_ok", "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
+    assert good.returncode == 0 and good.stdout.count(".") == 2
