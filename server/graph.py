@@ -80,4 +80,5 @@ class Graph:
         return chunk, (offset + limit if offset + limit < len(ids) else None)
 
     async def followers(self, owner: str) -> list[str]:
+        """Every follower id of `owner` (for admin tools and benchmarks; not on a hot path)."""
         return [m.decode() for m in await self.r.zrange(self.k.followers(owner), 0, -1)]

@@ -14,6 +14,7 @@ from server.http_common import caller, encode_cursor, limit_only, paging, read_j
 from server.limits import rate_limit
 from server.media import MediaLimits
 from server.responses import JSONResponse, no_content
+from server.seen import check_emoji
 from server.uploads import read_post_form, workdir
 from server.users import User
 
@@ -185,8 +186,6 @@ async def viewers(request: Request) -> Response:
 
 
 async def react(request: Request) -> Response:
-    from server.seen import check_emoji
-
     _, user = await caller(request)
     body = await read_json(request)
     await services(request).seen.react(

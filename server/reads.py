@@ -102,7 +102,8 @@ class StoryReader:
             )
         return out
 
-    async def _active_items(self, owner: str) -> list[ActiveItem]:
+    async def active_items(self, owner: str) -> list[ActiveItem]:
+        """The owner's items that have not expired, as indexed (any audience)."""
         now = self.s.clock.now_ms()
         raw = await self.s.redis.zrangebyscore(
             self.s.keys.items(owner), f"({now}", "+inf", withscores=True
@@ -120,9 +121,7 @@ class StoryReader:
     async def user_stories(self, viewer: str, owner: Json) -> Json:
         """`{"owner", "items" (oldest first), "first_unseen_id"}` for `viewer`."""
         relation = await self.s.graph.relation(viewer, owner["id"])
-        items = visible_items(
-            await self._active_items(owner["id"]), relation, self.s.clock.now_ms()
-        )
+        items = visible_items(await self.active_items(owner["id"]), relation, self.s.clock.now_ms())
         recs = await self._records(owner["id"], items)
         rendered = await self.render_many(viewer, recs)
         unseen = next((i["id"] for i in rendered if not i["seen"]), None)
@@ -165,7 +164,7 @@ class StoryReader:
         pipe = self.s.redis.pipeline(transaction=False)
         pipe.hget(self.s.keys.seen(viewer), owner)
         (seen_seq,) = await pipe.execute()
-        items = visible_items(await self._active_items(owner), relation, self.s.clock.now_ms())
+        items = visible_items(await self.active_items(owner), relation, self.s.clock.now_ms())
         state = ring(owner, items, int(seen_seq or 0), own=relation.is_owner)
         entries = await self._entries([state] if state else [])
         return entries[0] if entries else None

@@ -57,7 +57,7 @@ class SeenBook:
         if prev >= rec.seq:
             return
         now = self.s.clock.now_ms()
-        active = await self.reader._active_items(rec.owner)
+        active = await self.reader.active_items(rec.owner)
         newly = [i for i in visible_items(active, relation, now) if prev < i.seq <= rec.seq]
         pipe = self.s.redis.pipeline(transaction=False)
         for item in newly:

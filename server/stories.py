@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from server.media import ProcessedMedia
 
 
+def _file_keys(owner: str, seq: int, ext: str) -> tuple[str, str]:
+    """Storage keys of an item's media file and poster: `media/<owner>/<seq>-<random>…`."""
+    stem = f"media/{owner}/{seq}-{secrets.token_hex(4)}"
+    return f"{stem}.{ext}", f"{stem}-poster.jpg"
+
+
 class StoryWriter:
     """Create and end items. Every method raises NotFound for invisible items."""
 
@@ -48,9 +54,7 @@ class StoryWriter:
     ) -> ItemRecord:
         """Store `media` (files are moved) and publish a new item; returns its record."""
         seq = await self._next_seq(owner["id"])
-        token = secrets.token_hex(4)
-        media_key = f"media/{owner['id']}/{seq}-{token}.{media.ext}"
-        poster_key = f"media/{owner['id']}/{seq}-{token}-poster.jpg"
+        media_key, poster_key = _file_keys(owner["id"], seq, media.ext)
         self.s.storage.put(media.path, media_key)
         self.s.storage.put(media.poster_path, poster_key)
         now = self.s.clock.now_ms() if created_ms is None else created_ms
@@ -60,13 +64,19 @@ class StoryWriter:
             media_key=media_key, poster_key=poster_key, caption=caption, audience=audience,
             created_ms=now, expires_ms=now + self.s.lifetime_ms(lifetime_h),
         )  # fmt: skip
-        try:
-            await self._publish_new(owner, rec)
-        except BaseException:
-            self.s.storage.delete(media_key)
-            self.s.storage.delete(poster_key)
-            raise
+        await self._publish_or_remove(owner, rec)
         return rec
+
+    async def _publish_or_remove(
+        self, owner: Json, rec: ItemRecord, shared: Json | None = None
+    ) -> None:
+        """Publish `rec`; if that fails, delete its files so nothing half-written stays."""
+        try:
+            await self._publish_new(owner, rec, shared)
+        except BaseException:
+            self.s.storage.delete(rec.media_key)
+            self.s.storage.delete(rec.poster_key)
+            raise
 
     async def _publish_new(self, owner: Json, rec: ItemRecord, shared: Json | None = None) -> None:
         item = render(rec, owner, self.s.signer, seen=False, view_count=None, shared_from=shared)
@@ -104,10 +114,7 @@ class StoryWriter:
         """Re-post `original` (already checked visible) to `owner`'s story with attribution."""
         root = original.shared_from or original.id
         seq = await self._next_seq(owner["id"])
-        token = secrets.token_hex(4)
-        ext = original.media_key.rsplit(".", 1)[-1]
-        media_key = f"media/{owner['id']}/{seq}-{token}.{ext}"
-        poster_key = f"media/{owner['id']}/{seq}-{token}-poster.jpg"
+        media_key, poster_key = _file_keys(owner["id"], seq, original.media_key.rsplit(".", 1)[-1])
         link_or_copy(self.s.storage, original.media_key, media_key)
         link_or_copy(self.s.storage, original.poster_key, poster_key)
         now = self.s.clock.now_ms()
@@ -119,13 +126,7 @@ class StoryWriter:
         )  # fmt: skip
         root_owner_id = (split_item_id(root) or (original.owner, 0))[0]
         root_owner = await self.s.users.get(root_owner_id)
-        shared = {"item_id": root, "owner": root_owner}
-        try:
-            await self._publish_new(owner, rec, shared)
-        except BaseException:
-            self.s.storage.delete(media_key)
-            self.s.storage.delete(poster_key)
-            raise
+        await self._publish_or_remove(owner, rec, {"item_id": root, "owner": root_owner})
         return rec
 
     async def end(self, rec: ItemRecord, reason: str, now_ms: int) -> bool:
