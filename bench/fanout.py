@@ -549,6 +549,11 @@ def cpu_s(pid: int) -> float:
     return float(t.user + t.system)
 
 
+def sys_s(pid: int) -> float:
+    """Kernel-mode CPU seconds of `pid` (socket writes on loopback land here)."""
+    return float(psutil.Process(pid).cpu_times().system)
+
+
 def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
@@ -570,7 +575,7 @@ async def run_phase(
     followers = t.pool.connected
     expected = followers * posts
     t.new_log_lines()
-    cpu0, ccpu0 = cpu_s(t.pid), t.pool.cpu_s()
+    cpu0, sys0, ccpu0 = cpu_s(t.pid), sys_s(t.pid), t.pool.cpu_s()
     t0 = time.time()
     start = time.perf_counter()
     for i in range(posts):
@@ -590,7 +595,7 @@ async def run_phase(
             complete = True
             break
         await asyncio.sleep(0.05)
-    cpu1 = cpu_s(t.pid)
+    cpu1, sys1 = cpu_s(t.pid), sys_s(t.pid)
     wall_s = time.perf_counter() - start
     ccpu1 = t.pool.cpu_s()
     if not complete:  # let the backlog clear (bounded) so the next phase starts clean
@@ -625,6 +630,7 @@ async def run_phase(
         "offered_per_s": round(followers * rate, 1) if rate else None,
         "wall_s": round(wall_s, 2), "server_cpu_s": round(server_cpu, 3),
         "server_cpu_us_per_delivery": round(server_cpu / got * 1e6, 2) if got else math.nan,
+        "server_sys_us_per_delivery": round((sys1 - sys0) / got * 1e6, 2) if got else math.nan,
         "server_cpu_us_per_ws_message": round(server_cpu / frames * 1e6, 2) if frames else math.nan,
         "server_cpu_share": round(server_cpu / wall_s, 2),
         "clients_cpu_us_per_delivery": round((ccpu1 - ccpu0) / got * 1e6, 2) if got else math.nan,
@@ -635,7 +641,7 @@ async def run_phase(
     print(f"  {t.name:8} {followers:5} {kind:9} posts={posts:4} delivered={got}/{expected} "
           f"lost={out['lost']} {out['deliveries_per_s']:>9}/s p50={out['p50_ms']} "
           f"p99={out['p99_ms']} max={out['max_ms']} ms cpu={out['server_cpu_us_per_delivery']}"
-          f" us/delivery ({out['server_cpu_share']} core) wall={out['wall_s']} s"
+          f" us/delivery (sys {out['server_sys_us_per_delivery']}; {out['server_cpu_share']} core) wall={out['wall_s']} s"
           f" resent snapshots={out['snapshots_resent']} log lines={len(log_lines)}",
           flush=True)  # fmt: skip
     await asyncio.sleep(1.0)
@@ -798,7 +804,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 for name in order:
                     phase_id += 1
                     spy = None
-                    profile = tmp / f"profile-{size}-{kind}.txt"
+                    profile = h.RESULTS_DIR / f"fanout-profile-{size}-{kind}.txt"
                     if args.profile and name == STORIES and size == max_followers:
                         spy = _py_spy(targets[name].pid, profile)
                     res = await run_phase(targets[name], poster, phase_id, kind, rate, posts,

@@ -18,6 +18,7 @@ from typing import Any
 import redis.exceptions
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Router
@@ -38,6 +39,7 @@ from server.errors import ServiceUnavailable, StoriesError
 from server.responses import problem_response
 from server.services import Services
 from server.settings import Settings
+from server.wire import ExposeServerSend
 
 log = logging.getLogger("stories")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "client_demo"
@@ -109,7 +111,12 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     if DEMO_DIR.is_dir():
         routes.append(Mount("/", app=StaticFiles(directory=DEMO_DIR, html=True), name="demo"))
     redact.install()
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_problem_handlers)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=_problem_handlers,
+        middleware=[Middleware(ExposeServerSend)],  # lets /ws write shared frames (wire.py)
+    )
     app.router.redirect_slashes = False  # `/api/v1/tray/` is a 404 problem, not a 307
     app.state.settings = settings
     return app

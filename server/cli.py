@@ -131,7 +131,8 @@ def serve(settings: Settings) -> int:
             "server.app:app_from_env", factory=True, host=settings.host, port=settings.port,
             workers=settings.workers if settings.workers > 1 else None, log_level=settings.log_level,
             ws="websockets-sansio", timeout_graceful_shutdown=int(settings.ws_drain_timeout_s),
-            ws_max_size=settings.ws_max_frame_bytes, ws_ping_interval=settings.ws_ping_interval_s,
+            ws_max_size=settings.ws_max_frame_bytes,
+            ws_per_message_deflate=settings.ws_per_message_deflate, ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_idle_timeout_s - settings.ws_ping_interval_s,
             lifespan="on",
         )  # fmt: skip

@@ -9,39 +9,58 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from server.audience import Relation
 from server.keys import Keys
 from server.outbox import Outbox, ViewCountCoalescer
+from server.wire import Wire
 
-SendText = Callable[[str], Coroutine[Any, Any, None]]
 Close = Callable[[int, str], Awaitable[None]]
+NOBODY: frozenset[str] = frozenset()
 
 
 class Connection:
-    """A signed-in socket: `send_text`/`close` are the transport's coroutines."""
+    """A signed-in socket: frames go out through `wire`; `close(code, reason)` closes it.
+
+    Thousands are held per process, so the instance is slotted, its relation
+    sets are frozensets (the empty one shared; owner ids interned by the hub),
+    and the view-count coalescer exists only once the user's stories are viewed.
+    """
+
+    __slots__ = (
+        "_coalescer", "close", "close_friend_of", "closing", "count_timer", "dirty",
+        "following", "hidden_from", "id", "outbox", "ready", "seen", "sending", "user",
+        "user_id", "wire",
+    )  # fmt: skip
 
     def __init__(
-        self, user: dict[str, Any], send_text: SendText, close: Close, max_queue_bytes: int
+        self, user: dict[str, Any], wire: Wire, close: Close, max_queue_bytes: int
     ) -> None:
         self.id = secrets.token_hex(8)
         self.user = user
         self.user_id: str = user["id"]
-        self.send_text = send_text
+        self.wire = wire
         self.close = close
         self.outbox = Outbox(max_queue_bytes)
-        self.coalescer = ViewCountCoalescer(260)  # any 1 s window holds at most 4
+        self._coalescer: ViewCountCoalescer | None = None
         self.count_timer: asyncio.TimerHandle | None = None
-        self.following: set[str] = set()
-        self.close_friend_of: set[str] = set()
-        self.hidden_from: set[str] = set()
+        self.following: frozenset[str] = NOBODY
+        self.close_friend_of: frozenset[str] = NOBODY
+        self.hidden_from: frozenset[str] = NOBODY
         self.seen: dict[str, int] = {}
         self.ready = False  # the snapshot was queued; earlier events are covered by it
         self.closing = False
         self.dirty = False  # waiting for the hub's next flush
         self.sending: asyncio.Task[None] | None = None  # a send blocked by backpressure
+
+    @property
+    def coalescer(self) -> ViewCountCoalescer:
+        """This user's `story.view_count` limiter, made on first use."""
+        if self._coalescer is None:
+            self._coalescer = ViewCountCoalescer(260)  # any 1 s window holds at most 4
+        return self._coalescer
 
     def relation(self, owner: str) -> Relation:
         if owner == self.user_id:

@@ -4,6 +4,9 @@ Client → server frames are JSON objects with an `op`: `auth` (only as the firs
 frame), `seen` and `ping`. Server → client frames are JSON objects with `type`
 and `ts`; several queued frames may be packed into one JSON array (see
 `pack`). Close codes are named with their number, as Starlette's `status.py` does.
+
+Server frames are `Encoded`: the JSON bytes of one event (or a packed array),
+made once per process and shared by every recipient (DESIGN.md, "serialize once").
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from websockets.frames import Frame, Opcode
 
 from server.clock import rfc3339
 
@@ -65,13 +69,46 @@ def parse_op(text: str | bytes) -> Op:
     raise ProtocolError(f"unknown op {op!r}")
 
 
-def encode(type_: str, now_ms: int, **payload: Any) -> str:
-    """One server frame as JSON text: `{"type", "ts", **payload}`."""
-    return orjson.dumps({"type": type_, "ts": rfc3339(now_ms), **payload}).decode()
+class Encoded:
+    """One server frame, encoded once per process and shared by its recipients.
+
+    `frame` is the whole RFC 6455 text frame as a server sends it (unmasked, no
+    extension), built with the `websockets` library's `Frame.serialize`, so a
+    frame written to thousands of sockets is framed once; `data` is its payload,
+    UTF-8 JSON: one event object, or an array of `events` events. `size` is the
+    frame's length in bytes, which is what send queues count.
+    """
+
+    __slots__ = ("events", "frame", "head", "size")
+
+    def __init__(self, data: bytes, events: int = 1) -> None:
+        self.frame = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+        self.size = len(self.frame)
+        self.head = self.size - len(data)
+        self.events = events
+
+    @property
+    def data(self) -> bytes:
+        return self.frame[self.head :]
+
+    def __repr__(self) -> str:
+        return f"Encoded({self.data!r}, events={self.events})"
 
 
-def pack(frames: list[str]) -> str:
-    """Frames queued for one connection as one text frame: the frame itself, or a JSON array."""
+def encode(type_: str, now_ms: int, **payload: Any) -> Encoded:
+    """One server event `{"type", "ts", **payload}`, encoded."""
+    return Encoded(orjson.dumps({"type": type_, "ts": rfc3339(now_ms), **payload}))
+
+
+def pack(frames: list[Encoded]) -> Encoded:
+    """Frames for one connection as one frame: the frame itself, or one flat JSON array.
+
+    Frames that are arrays already (packed earlier) are spliced in, not nested.
+
+    >>> pack([encode("pong", 0), pack([encode("pong", 0)] * 2)]).events
+    3
+    """
     if len(frames) == 1:
         return frames[0]
-    return "[" + ",".join(frames) + "]"
+    parts = [f.data if f.events == 1 else f.data[1:-1] for f in frames]
+    return Encoded(b"[" + b",".join(parts) + b"]", sum(f.events for f in frames))

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import random
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,15 +35,22 @@ from server.audience import Relation
 from server.backoff import Backoff, raise_if_cancelling
 from server.broker import Broker
 from server.clock import rfc3339
-from server.connection import Connection
+from server.connection import NOBODY, Connection
 from server.keys import item_id
 from server.reads import StoryReader
-from server.sender import start_send
 from server.store import Store
 from server.tray import ActiveItem, ring, visible_items
 
 log = logging.getLogger("stories.hub")
 View = tuple[bool, bool, bool, bool, int]
+OWNER_VIEW: View = (True, False, False, False, 0)
+MISSING: Any = object()
+
+
+def _ids(members: list[bytes] | set[bytes]) -> frozenset[str]:
+    """User ids from Redis, interned: thousands of connections share one string per owner."""
+    # from a set, not a generator: a frozenset copied from a set is sized once (half the table)
+    return frozenset({sys.intern(m.decode()) for m in members}) if members else NOBODY
 
 
 @dataclass
@@ -66,7 +74,6 @@ class Hub:
         self.owners: dict[str, OwnerCache] = {}
         self.closed_slow = 0
         self.draining = False
-        self.frames_sent = 0
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
         self._dirty: list[Connection] = []
@@ -118,10 +125,10 @@ class Hub:
         pipe.smembers(k.hidden_from(conn.user_id))
         pipe.hgetall(k.seen(conn.user_id))
         following, cfof, hidden, seen = await pipe.execute()
-        conn.following = {m.decode() for m in following}
-        conn.close_friend_of = {m.decode() for m in cfof}
-        conn.hidden_from = {m.decode() for m in hidden}
-        conn.seen = {o.decode(): int(v) for o, v in seen.items()}
+        conn.following = _ids(following)
+        conn.close_friend_of = _ids(cfof)
+        conn.hidden_from = _ids(hidden)
+        conn.seen = {sys.intern(o.decode()): int(v) for o, v in seen.items()}
 
     async def _subscribe(self, conn: Connection, channel: str) -> None:
         if conn not in self.conns:  # detached while a graph or resync task was pending
@@ -175,7 +182,7 @@ class Hub:
 
     # ---- sending ------------------------------------------------------------------
 
-    def enqueue(self, conn: Connection, frame: str) -> None:
+    def enqueue(self, conn: Connection, frame: frames.Encoded) -> None:
         """Queue `frame`; an overflowing outbox closes the connection with 1013."""
         if conn.closing:
             return
@@ -207,12 +214,11 @@ class Hub:
         if not batch or conn.closing:
             return
         try:
-            conn.sending = start_send(conn.send_text(frames.pack(batch)))
+            conn.sending = conn.wire.send(batch[0] if len(batch) == 1 else frames.pack(batch))
         except Exception as exc:  # the socket went away; its endpoint detaches it
             log.debug("send to %s failed: %s", conn.id, exc)
             conn.closing = True
             return
-        self.frames_sent += len(batch)
         if conn.sending is not None:
             conn.sending.add_done_callback(functools.partial(self._sent, conn))
 
@@ -305,9 +311,10 @@ class Hub:
 
         Every frame about `owner` depends on nothing else, so one fan-out computes
         and encodes each distinct view once, however many followers share it.
+        (`_fan_out` inlines this for speed; keep the two alike.)
         """
         if owner == conn.user_id:
-            return (True, False, False, False, 0)
+            return OWNER_VIEW
         return (
             False,
             owner in conn.following,
@@ -316,7 +323,9 @@ class Hub:
             conn.seen.get(owner, 0),
         )
 
-    def _entry_frame(self, owner: str, view: View, cache: dict[View, str]) -> str:
+    def _entry_frame(
+        self, owner: str, view: View, cache: dict[View, frames.Encoded]
+    ) -> frames.Encoded:
         """tray.update or tray.remove for `owner` as seen from `view`, encoded once per view."""
         frame = cache.get(view)
         if frame is not None:
@@ -339,26 +348,46 @@ class Hub:
         return frame
 
     def _fan_out(
-        self, owner: str, audience: str, conns: list[Connection], story: str, own: str
+        self,
+        owner: str,
+        audience: str,
+        conns: list[Connection],
+        story: frames.Encoded,
+        own: frames.Encoded,
     ) -> None:
-        """Queue the story frame and the new tray entry to every connection allowed to see."""
-        per_view: dict[View, tuple[str, ...]] = {}
-        entries: dict[View, str] = {}
-        for conn in conns:
-            view = self._view(conn, owner)
-            out = per_view.get(view)
-            if out is None:
+        """Queue the story frame and the new tray entry to every connection allowed to see.
+
+        Both go as one packed frame, built once per distinct view and shared.
+        """
+        per_view: dict[View, frames.Encoded | None] = {}
+        entries: dict[View, frames.Encoded] = {}
+        enqueue = self.enqueue
+        for conn in conns:  # the hot loop: one pass per follower per post
+            view = (
+                OWNER_VIEW
+                if owner == conn.user_id
+                else (
+                    False,
+                    owner in conn.following,
+                    owner in conn.close_friend_of,
+                    owner in conn.hidden_from,
+                    conn.seen.get(owner, 0),
+                )
+            )
+            out = per_view.get(view, MISSING)
+            if out is MISSING:
                 is_owner, follows, close_friend, hidden, _ = view
                 relation = Relation(is_owner, follows, close_friend, hidden)
                 allowed = (is_owner or follows) and relation.can_see(audience)
-                out = (
-                    (own if is_owner else story, self._entry_frame(owner, view, entries))
+                out = per_view[view] = (
+                    frames.pack(
+                        [own if is_owner else story, self._entry_frame(owner, view, entries)]
+                    )
                     if allowed
-                    else ()
+                    else None
                 )
-                per_view[view] = out
-            for frame in out:
-                self.enqueue(conn, frame)
+            if out is not None:
+                enqueue(conn, out)
 
     def _on_story_new(self, event: dict[str, Any], conns: list[Connection]) -> None:
         owner, item = event["owner_id"], event["item"]
@@ -386,7 +415,7 @@ class Hub:
         if oc and seq in oc.items:
             old = oc.items[seq]
             oc.items[seq] = ActiveItem(seq, event["audience"], old.created_ms, old.expires_ms)
-        cache: dict[View, str] = {}
+        cache: dict[View, frames.Encoded] = {}
         for conn in conns:
             relation = conn.relation(owner)
             if relation.can_see(event["audience"]) or relation.can_see(event["old_audience"]):
@@ -433,7 +462,7 @@ class Hub:
 
     def _on_seen_sync(self, event: dict[str, Any], conns: list[Connection]) -> None:
         owner, seq = event["owner_id"], event["seq"]
-        cache: dict[View, str] = {}
+        cache: dict[View, frames.Encoded] = {}
         for conn in conns:
             if seq > conn.seen.get(owner, 0):
                 conn.seen[owner] = seq
@@ -445,16 +474,16 @@ class Hub:
             asyncio.get_running_loop().create_task(self._apply_graph(conn, event))
 
     async def _apply_graph(self, conn: Connection, event: dict[str, Any]) -> None:
-        kind, other, on = event["kind"], event["other_id"], event["on"]
-        sets = {
-            "following": conn.following,
-            "close_friend": conn.close_friend_of,
-            "hidden": conn.hidden_from,
+        kind, other, on = event["kind"], sys.intern(event["other_id"]), event["on"]
+        attr = {
+            "following": "following",
+            "close_friend": "close_friend_of",
+            "hidden": "hidden_from",
         }
-        target = sets.get(kind)
-        if target is None:
+        if kind not in attr:
             return
-        (target.add if on else target.discard)(other)
+        current: frozenset[str] = getattr(conn, attr[kind])
+        setattr(conn, attr[kind], current | {other} if on else current - {other})
         channel = self.s.keys.stories_channel(other)
         if channel in conn.channels(self.s.keys):
             await self._subscribe(conn, channel)

@@ -5,7 +5,7 @@ Both are plain data structures with an injected clock, tested without sockets.
 
 from __future__ import annotations
 
-from collections import deque
+from server.frames import Encoded
 
 
 class Outbox:
@@ -16,24 +16,26 @@ class Outbox:
     queued, for one packed send.
     """
 
+    __slots__ = ("_frames", "max_bytes", "size")
+
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.size = 0
-        self._frames: deque[str] = deque()
+        self.size = 0  # bytes queued
+        self._frames: list[Encoded] = []
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def push(self, frame: str) -> bool:
-        if self.size + len(frame) > self.max_bytes:
+    def push(self, frame: Encoded) -> bool:
+        size = self.size + frame.size
+        if size > self.max_bytes:
             return False
         self._frames.append(frame)
-        self.size += len(frame)
+        self.size = size
         return True
 
-    def take(self) -> list[str]:
-        frames = list(self._frames)
-        self._frames.clear()
+    def take(self) -> list[Encoded]:
+        frames, self._frames = self._frames, []
         self.size = 0
         return frames
 

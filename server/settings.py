@@ -69,6 +69,7 @@ class Settings:
     # --- websocket ---
     ws_send_queue_bytes: int = 1024 * 1024  # per-connection send queue; overflow closes 1013
     ws_max_frame_bytes: int = 64 * 1024  # largest client frame; larger closes 1009
+    ws_per_message_deflate: bool = False  # compression costs a zlib pass per socket per frame
     ws_ping_interval_s: float = 20.0  # server pings; keeps 60 s proxy read timeouts happy
     ws_idle_timeout_s: float = 50.0  # no frame nor pong for this long closes the socket
     ws_auth_timeout_s: float = 5.0  # time to send {"op": "auth"} when no ?token=

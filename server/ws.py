@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
+from urllib.parse import parse_qs
 
 import redis.exceptions
 from starlette.routing import WebSocketRoute
@@ -23,12 +25,15 @@ from server.auth import Principal
 from server.connection import Connection
 from server.errors import StoriesError, Unauthorized
 from server.services import Services
+from server.wire import wire_for
 
 log = logging.getLogger("stories.ws")
 
 
 class RateGate:
     """Token bucket for client ops: `rate` per second, bursts up to `2 * rate`."""
+
+    __slots__ = ("at", "rate", "tokens")
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -46,8 +51,12 @@ class RateGate:
 
 
 async def _authenticate(ws: WebSocket, svc: Services) -> Principal:
-    """The caller, from `?token=` or a first `auth` frame. Raises Unauthorized."""
-    token = ws.query_params.get("token")
+    """The caller, from `?token=` or a first `auth` frame. Raises Unauthorized.
+
+    The query string is parsed here, not through `ws.query_params`, which the
+    socket would keep (with the token) for as long as it is open.
+    """
+    token = parse_qs(ws.scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
     if not token:
         try:
             text = await asyncio.wait_for(ws.receive_text(), svc.settings.ws_auth_timeout_s)
@@ -60,6 +69,12 @@ async def _authenticate(ws: WebSocket, svc: Services) -> Principal:
     return svc.auth.verify(token)
 
 
+async def _sign_in(ws: WebSocket, svc: Services) -> dict[str, Any]:
+    """The caller's User; the token and its claims go once it is known (not kept per socket)."""
+    principal = await _authenticate(ws, svc)
+    return await svc.store.users.ensure(principal.user_id, principal.claims)
+
+
 async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
     with contextlib.suppress(Exception):
         await ws.close(code, reason[:120])
@@ -69,8 +84,7 @@ async def ws_endpoint(ws: WebSocket) -> None:
     svc: Services = ws.app.state.services
     await ws.accept()
     try:
-        principal = await _authenticate(ws, svc)
-        user = await svc.store.users.ensure(principal.user_id, principal.claims)
+        user = await _sign_in(ws, svc)
     except (StoriesError, WebSocketDisconnect) as exc:
         await _close(ws, frames.WS_4001_UNAUTHORIZED, getattr(exc, "detail", "unauthorized"))
         return
@@ -79,7 +93,7 @@ async def ws_endpoint(ws: WebSocket) -> None:
         return
     conn = Connection(
         user,
-        ws.send_text,
+        wire_for(ws),
         lambda code, reason: _close(ws, code, reason),
         svc.settings.ws_send_queue_bytes,
     )

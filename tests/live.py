@@ -33,7 +33,8 @@ class LiveServer:
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         self.app = create_app(settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                ws="websockets-sansio", ws_max_size=settings.ws_max_frame_bytes)  # fmt: skip
+                                ws="websockets-sansio", ws_max_size=settings.ws_max_frame_bytes,
+                                ws_per_message_deflate=settings.ws_per_message_deflate)  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from server.frames import Op, ProtocolError, encode, pack, parse_op
+from server.frames import Encoded, Op, ProtocolError, encode, pack, parse_op
 from server.outbox import Outbox, ViewCountCoalescer
 
 
@@ -27,16 +27,38 @@ def test_parse_ops():
 
 def test_encode_and_pack():
     one = encode("pong", 0)
-    assert orjson.loads(one) == {"type": "pong", "ts": "1970-01-01T00:00:00.000Z"}
-    assert pack([one]) == one
-    assert orjson.loads(pack([one, one])) == [orjson.loads(one)] * 2
+    assert orjson.loads(one.data) == {"type": "pong", "ts": "1970-01-01T00:00:00.000Z"}
+    assert pack([one]) is one
+    two = pack([one, one])
+    assert orjson.loads(two.data) == [orjson.loads(one.data)] * 2 and two.events == 2
+    three = pack([one, two])
+    assert orjson.loads(three.data) == [orjson.loads(one.data)] * 3 and three.events == 3
+
+
+def test_encoded_frame_is_what_a_websockets_client_reads():
+    """The shared frame bytes parse, with the library's own reader, back to the JSON text."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    for size in (10, 200, 70_000):  # 7-bit, 16-bit and 64-bit payload lengths (RFC 6455 5.2)
+        event = encode("tray.update", 0, pad="é" * size)
+        reader = StreamReader()
+        reader.feed_data(event.frame)
+        parser = Frame.parse(reader.read_exact, mask=False)
+        with pytest.raises(StopIteration) as done:
+            next(parser)
+        frame = done.value.value
+        assert frame.opcode is Opcode.TEXT and frame.fin and frame.data == event.data
+        assert not reader.buffer  # nothing left over
 
 
 def test_outbox_is_bounded_by_bytes():
-    box = Outbox(max_bytes=10)
-    assert box.push("12345") and box.push("12345")
-    assert not box.push("1")
-    assert box.take() == ["12345", "12345"] and box.size == 0 and box.push("1")
+    a, b = Encoded(b"12345"), Encoded(b"67890")
+    assert a.size == 7, "a 2-byte header (RFC 6455 5.2) and the payload"
+    box = Outbox(max_bytes=14)
+    assert box.push(a) and box.push(b)
+    assert not box.push(Encoded(b"1"))
+    assert box.take() == [a, b] and box.size == 0 and box.push(Encoded(b"1"))
 
 
 def test_view_counts_coalesce_to_four_a_second_and_end_exact():

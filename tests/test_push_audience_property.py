@@ -41,6 +41,7 @@ from server import events
 from server.audience import AUDIENCES, Relation, can_see
 from server.connection import Connection
 from server.errors import NotFound
+from server.frames import Encoded
 from server.keys import item_id
 from server.media import MediaLimits, process_media
 from server.services import Services
@@ -145,10 +146,11 @@ class Recorder:
         self.events: list[tuple[int, dict[str, Any]]] = []
         self.closes: list[int] = []
         self.step = -1
-        self.conn = Connection(user, self.send_text, self.close, max_queue)
+        self.conn = Connection(user, self, self.close, max_queue)
 
-    async def send_text(self, text: str) -> None:
-        data = orjson.loads(text)
+    def send(self, payload: Encoded) -> None:
+        """The connection's `Wire`: records every event, unpacking arrays."""
+        data = orjson.loads(payload.data)
         for event in data if isinstance(data, list) else [data]:
             self.events.append((self.step, event))
 

@@ -29,6 +29,7 @@ from server.connection import Connection
 from server.services import Services
 from server.settings import Settings
 from server.tray import ActiveItem
+from server.wire import AsgiWire
 from tests.live import Client, LiveServer
 
 N_USERS = 40
@@ -93,7 +94,7 @@ async def _populate(svc: Services) -> list[dict[str, Any]]:
 
 
 def _conn(user: dict[str, Any], svc: Services) -> Connection:
-    return Connection(user, _null_send, _null_close, svc.settings.ws_send_queue_bytes)
+    return Connection(user, AsgiWire(_null_send), _null_close, svc.settings.ws_send_queue_bytes)
 
 
 async def test_attach_detach_cycles_leave_nothing(settings: Settings) -> None:

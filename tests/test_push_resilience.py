@@ -18,6 +18,7 @@ import websockets
 from PIL import Image
 
 from server.embedded_redis import EmbeddedRedis
+from server.wire import UvicornWire
 from tests.live import Client, LiveServer
 
 
@@ -115,6 +116,7 @@ async def test_slow_reader_is_closed_1013_and_never_delays_the_others(settings):
             f"{live.ws_url}?token={owner.token}", max_queue=1, max_size=None
         )
         hub = live.app.state.services.hub
+        assert all(isinstance(c.wire, UvicornWire) for c in hub.conns)  # its backpressure path
         store = live.app.state.services.store
         publisher = redis.Redis.from_url(settings.redis_url)
         channel = store.keys.inbox_channel(owner.id)
