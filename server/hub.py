@@ -8,17 +8,14 @@ tray entries differ by viewer (seen state, close friends) and are encoded once
 per distinct entry. Tray entries are computed from the cache, not from Redis,
 so pushing a post costs no Redis work per follower.
 
-Each connection has a bounded outbox. Frames queued during one event-loop
-iteration are sent by one flush (`sender.py`: no task per connection unless a
-send blocks); frames that queue up meanwhile are packed into one JSON array. A connection whose
-outbox overflows is closed with 1013 and counted, and never delays the others.
+Sending is the dispatcher's (`dispatch.py`): bounded outboxes, one flush per
+event-loop iteration, packing, and 1013 for a reader that falls behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import sys
@@ -36,6 +33,7 @@ from server.backoff import Backoff, raise_if_cancelling
 from server.broker import Broker
 from server.clock import rfc3339
 from server.connection import NOBODY, Connection
+from server.dispatch import Dispatcher
 from server.keys import item_id
 from server.reads import StoryReader
 from server.store import Store
@@ -53,13 +51,17 @@ def _ids(members: list[bytes] | set[bytes]) -> frozenset[str]:
     return frozenset({sys.intern(m.decode()) for m in members}) if members else NOBODY
 
 
-@dataclass
+@dataclass(slots=True)
 class OwnerCache:
-    """An owner's active items (seq → item) and User, for local tray computation."""
+    """An owner's active items (seq → item) and User, for local tray computation.
+
+    `removed` holds seqs deleted or expired since the cache was filled (rare, so
+    a frozenset that is replaced on change: most caches share the empty one).
+    """
 
     user: dict[str, Any]
     items: dict[int, ActiveItem] = field(default_factory=dict)
-    removed: set[int] = field(default_factory=set)
+    removed: frozenset[int] = frozenset()
 
 
 class Hub:
@@ -72,12 +74,11 @@ class Hub:
         self.conns: set[Connection] = set()
         self.interest: dict[str, set[Connection]] = defaultdict(set)
         self.owners: dict[str, OwnerCache] = {}
-        self.closed_slow = 0
         self.draining = False
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
-        self._dirty: list[Connection] = []
-        self._flush_scheduled = False
+        self.out = Dispatcher(self.conns, self._too_slow)
+        self.enqueue = self.out.enqueue  # queue a frame for one connection (`Dispatcher.enqueue`)
 
     def bind(self, broker: Broker) -> None:
         self.broker = broker
@@ -141,7 +142,7 @@ class Hub:
         await self.broker.acquire(channel)
         owner = self._stories_owner(channel)
         if owner and owner not in self.owners and conn in members:  # not detached meanwhile
-            await self._load_owner(owner)
+            await self._load_owner(owner, conn.user if owner == conn.user_id else None)
 
     async def _unsubscribe(self, conn: Connection, channel: str) -> None:
         members = self.interest.get(channel)
@@ -162,9 +163,11 @@ class Hub:
             return channel[len(prefix) : -len("}:stories")]
         return None
 
-    async def _load_owner(self, owner: str) -> None:
+    async def _load_owner(self, owner: str, user: dict[str, Any] | None = None) -> None:
+        """Fill `owner`'s cache: their User (unless given) and active items."""
         cache = self.owners.setdefault(owner, OwnerCache(user={"id": owner}))
-        user = await self.s.users.get(owner)
+        if user is None:
+            user = await self.s.users.get(owner)
         raw = await self.s.redis.zrangebyscore(
             self.s.keys.items(owner), f"({self.now()}", "+inf", withscores=True
         )
@@ -180,64 +183,17 @@ class Hub:
         conn.ready = True
         self.enqueue(conn, frames.encode("tray.snapshot", self.now(), items=entries))
 
-    # ---- sending ------------------------------------------------------------------
-
-    def enqueue(self, conn: Connection, frame: frames.Encoded) -> None:
-        """Queue `frame`; an overflowing outbox closes the connection with 1013."""
-        if conn.closing:
-            return
-        if not conn.outbox.push(frame):
-            conn.closing = True
-            self.closed_slow += 1
-            log.info("closing slow reader %s (%s)", conn.id, conn.user_id)
-            asyncio.get_running_loop().create_task(
-                self._close(conn, frames.WS_1013_TRY_AGAIN_LATER, "too slow a reader")
-            )
-            return
-        if conn.sending is None and not conn.dirty:
-            conn.dirty = True
-            self._dirty.append(conn)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Send what every dirty connection has queued: one packed frame each."""
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            conn.dirty = False
-            self._send_queued(conn)
-
-    def _send_queued(self, conn: Connection) -> None:
-        batch = conn.outbox.take()
-        if not batch or conn.closing:
-            return
-        try:
-            conn.sending = conn.wire.send(batch[0] if len(batch) == 1 else frames.pack(batch))
-        except Exception as exc:  # the socket went away; its endpoint detaches it
-            log.debug("send to %s failed: %s", conn.id, exc)
-            conn.closing = True
-            return
-        if conn.sending is not None:
-            conn.sending.add_done_callback(functools.partial(self._sent, conn))
-
-    def _sent(self, conn: Connection, _task: object = None) -> None:
-        """A blocked send finished: send what queued up behind it."""
-        conn.sending = None
-        if conn.outbox and not conn.closing and conn in self.conns:
-            self._send_queued(conn)
+    def _too_slow(self, conn: Connection) -> None:
+        """The dispatcher gave up on `conn` (its outbox overflowed): close 1013, detach."""
+        log.info("closing slow reader %s (%s)", conn.id, conn.user_id)
+        asyncio.get_running_loop().create_task(
+            self._close(conn, frames.WS_1013_TRY_AGAIN_LATER, "too slow a reader")
+        )
 
     async def _close(self, conn: Connection, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await conn.close(code, reason)
         await self.detach(conn)
-
-    async def flush(self, conn: Connection, timeout_s: float) -> None:
-        """Wait (up to `timeout_s`) until `conn`'s outbox is empty; for drain on shutdown."""
-        deadline = time.monotonic() + timeout_s
-        while (len(conn.outbox) or conn.sending) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
     # ---- Receiver -------------------------------------------------------------------
 
@@ -404,7 +360,7 @@ class Hub:
         oc = self.owners.get(owner)
         if oc:
             oc.items.pop(seq, None)
-            oc.removed.add(seq)
+            oc.removed = oc.removed | {seq}
         payload = {"item_id": event["item_id"], "owner_id": owner, "reason": event["reason"]}
         shared = frames.encode("story.removed", self.now(), **payload)
         self._fan_out(owner, event["audience"], conns, shared, shared)
@@ -504,7 +460,7 @@ class Hub:
         for start in range(0, len(conns), batch):
             group = conns[start : start + batch]
             left = max(0.05, deadline - time.monotonic())
-            await asyncio.gather(*(self.flush(c, left / 2) for c in group))
+            await asyncio.gather(*(self.out.drained(c, left / 2) for c in group))
             for conn in group:
                 conn.closing = True
                 await self._close(conn, frames.WS_1012_SERVICE_RESTART, self._retry_reason())

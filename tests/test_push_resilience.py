@@ -141,7 +141,7 @@ async def test_slow_reader_is_closed_1013_and_never_delays_the_others(settings):
                     break
         assert len(lags) == 5000
         assert max(lags) < 0.2, max(lags)
-        assert hub.closed_slow == 1
+        assert hub.out.closed_slow == 1
         with pytest.raises(websockets.ConnectionClosed) as info:
             while True:
                 await asyncio.wait_for(slow.recv(), 5)

@@ -1,0 +1,89 @@
+"""Sending queued frames to many sockets without waking a task per socket per event.
+
+The hub queues frames into each connection's bounded outbox (`enqueue`). The
+frames queued during one event-loop iteration go out in one flush scheduled
+with `call_soon`: each connection's queue as one frame (packed into a JSON
+array when it holds several), written through its `Wire`, which writes at once
+when the socket can take it. Only a send that must wait for the socket
+(backpressure) gets a task, and frames that queue up behind it are sent, packed,
+when it finishes. The team's fan-out measurements on this kind of machine:
+12.9 µs of server CPU per delivered message this way at 50k deliveries/s, 21 µs
+with one writer task per connection.
+
+A connection whose outbox overflows is a reader too slow to keep up: it is
+counted, marked closing and handed to `too_slow` (the hub closes it with 1013);
+it never delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+from server import frames
+from server.connection import Connection
+
+log = logging.getLogger("stories.dispatch")
+
+
+class Dispatcher:
+    """Outboxes of `conns` (the hub's attached connections), flushed once per loop iteration."""
+
+    def __init__(self, conns: set[Connection], too_slow: Callable[[Connection], None]) -> None:
+        self.conns = conns
+        self.too_slow = too_slow
+        self.closed_slow = 0  # connections closed 1013 for falling behind
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
+
+    def enqueue(self, conn: Connection, frame: frames.Encoded) -> None:
+        """Queue `frame` for `conn`; an overflowing outbox gives up on the connection."""
+        if conn.closing:
+            return
+        if not conn.outbox.push(frame):
+            conn.closing = True
+            self.closed_slow += 1
+            self.too_slow(conn)
+            return
+        if conn.sending is None and not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send what every dirty connection has queued: one frame each."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.dirty = False
+            self._send_queued(conn)
+
+    def _send_queued(self, conn: Connection) -> None:
+        batch = conn.outbox.take()
+        if not batch or conn.closing:
+            return
+        try:
+            conn.sending = conn.wire.send(batch[0] if len(batch) == 1 else frames.pack(batch))
+        except Exception as exc:  # the socket went away; its endpoint detaches it
+            log.debug("send to %s failed: %s", conn.id, exc)
+            conn.closing = True
+            return
+        if conn.sending is not None:
+            conn.sending.add_done_callback(functools.partial(self._sent, conn))
+
+    def _sent(self, conn: Connection, _task: object = None) -> None:
+        """A blocked send finished: send what queued up behind it."""
+        conn.sending = None
+        if conn.outbox and not conn.closing and conn in self.conns:
+            self._send_queued(conn)
+
+    async def drained(self, conn: Connection, timeout_s: float) -> None:
+        """Wait (up to `timeout_s`) until `conn` has nothing queued or in flight; for shutdown."""
+        deadline = time.monotonic() + timeout_s
+        while (len(conn.outbox) or conn.sending) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
