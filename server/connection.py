@@ -32,7 +32,7 @@ class Connection:
     __slots__ = (
         "_coalescer", "close", "close_friend_of", "closing", "count_timer", "dirty",
         "following", "hidden_from", "id", "outbox", "ready", "seen", "sending", "user",
-        "user_id", "wire",
+        "user_id", "wire", "written_in",
     )  # fmt: skip
 
     def __init__(
@@ -52,7 +52,8 @@ class Connection:
         self.seen: dict[str, int] = {}
         self.ready = False  # the snapshot was queued; earlier events are covered by it
         self.closing = False
-        self.dirty = False  # waiting for the hub's next flush
+        self.dirty = False  # waiting for the dispatcher's next flush
+        self.written_in = 0  # the dispatcher's iteration in which a frame was last written at once
         self.sending: asyncio.Task[None] | None = None  # a send blocked by backpressure
 
     @property

@@ -49,16 +49,15 @@ async def _iteration() -> None:
         await asyncio.sleep(0)
 
 
-async def test_frames_of_one_iteration_go_as_one_packed_send() -> None:
+async def test_first_frame_goes_at_once_the_rest_of_the_iteration_packed() -> None:
     d, conn, wire, _ = _setup()
     for n in range(3):
         d.enqueue(conn, encode("x", 0, n=n))
-    assert wire.sends == [], "nothing is written before the flush"
+    assert wire.sends == [[0]], "an idle connection's first frame is written at once"
     await _iteration()
-    assert wire.sends == [[0, 1, 2]]
+    assert wire.sends == [[0], [1, 2]], "the rest of the iteration goes in one flush"
     d.enqueue(conn, encode("x", 0, n=3))
-    await _iteration()
-    assert wire.sends == [[0, 1, 2], [3]]
+    assert wire.sends == [[0], [1, 2], [3]], "a new iteration: at once again"
 
 
 async def test_frames_behind_a_blocked_send_follow_it_packed_in_order() -> None:
