@@ -106,18 +106,35 @@ def check_redis(url: str, timeout_s: float = 5.0) -> str:
         client.close()
 
 
+class _Terminated(SystemExit):
+    """SIGTERM arrived (uvicorn re-raises it once it has shut down)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """uvicorn re-raises the signal it stopped on once it has shut down; turning
-    SIGTERM into SystemExit lets `redis_for` stop the embedded Redis on the way out."""
-    raise SystemExit(128 + signum)
+    """Unwind instead of dying at once, so `redis_for` stops the embedded Redis."""
+    raise _Terminated(signum)
 
 
 def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM or SIGINT; on SIGTERM the process ends by that signal."""
     import signal
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        _serve(settings)
+    except _Terminated as stop:  # cleaned up: now end by the signal, as uvicorn means to
+        signal.signal(stop.signum, signal.SIG_DFL)  # (a service manager counts that clean)
+        signal.raise_signal(stop.signum)
+    return 0
+
+
+def _serve(settings: Settings) -> None:
     import uvicorn
 
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with redis_for(settings) as url:
         settings.redis_url = url
         version = check_redis(url)
@@ -136,7 +153,6 @@ def serve(settings: Settings) -> int:
             ws_ping_timeout=settings.ws_idle_timeout_s - settings.ws_ping_interval_s,
             lifespan="on",
         )  # fmt: skip
-    return 0
 
 
 async def _rollout(settings: Settings, args: argparse.Namespace, url: str) -> dict[str, Any]:

@@ -90,9 +90,12 @@ class Dispatcher:
         if conn.sending is not None:
             conn.sending.add_done_callback(functools.partial(self._sent, conn))
 
-    def _sent(self, conn: Connection, _task: object = None) -> None:
-        """A blocked send finished: send what queued up behind it."""
+    def _sent(self, conn: Connection, task: asyncio.Task[None]) -> None:
+        """A blocked send finished: send what queued up behind it (unless the socket went)."""
         conn.sending = None
+        if task.cancelled() or task.exception() is not None:  # retrieved: no "never retrieved"
+            conn.closing = True  # the socket went away while we waited; its endpoint detaches it
+            return
         if conn.outbox and not conn.closing and conn in self.conns:
             self._send_queued(conn)
 

@@ -59,7 +59,7 @@ def parse_op(text: str | bytes) -> Op:
     if op == "seen":
         item = data.get("item")
         if not isinstance(item, str) or not 0 < len(item) <= MAX_ITEM_ID_CHARS:
-            raise ProtocolError("`seen` needs an `item` id")
+            raise ProtocolError(f"`seen` needs an `item` id of 1-{MAX_ITEM_ID_CHARS} characters")
         return Op("seen", item)
     if op == "auth":
         token = data.get("token")

@@ -166,6 +166,8 @@ async def patch_story(request: Request) -> Response:
         raise field_error(sorted(set(body) - {"audience"})[0], "only audience can change")
     rec = await svc.reader.visible(user["id"], request.path_params["id"])
     if "audience" in body:
+        await rate_limit(svc.store.redis, svc.store.keys, user["id"], "audience changes",
+                         svc.settings.posts_per_minute, svc.store.clock.now_ms())  # fmt: skip
         rec = await svc.writer.set_audience(user["id"], rec, check_audience(body["audience"]))
     return JSONResponse((await svc.reader.render_many(user["id"], [rec]))[0])
 
@@ -185,8 +187,17 @@ async def viewers(request: Request) -> Response:
     return JSONResponse(page)
 
 
-async def react(request: Request) -> Response:
+async def _message_gate(request: Request) -> User:
+    """Caller and the replies-and-reactions rate limit (429)."""
     _, user = await caller(request)
+    svc = services(request)
+    await rate_limit(svc.store.redis, svc.store.keys, user["id"], "replies and reactions",
+                     svc.settings.messages_per_minute, svc.store.clock.now_ms())  # fmt: skip
+    return user
+
+
+async def react(request: Request) -> Response:
+    user = await _message_gate(request)
     body = await read_json(request)
     await services(request).seen.react(
         user, request.path_params["id"], check_emoji(body.get("emoji"))
@@ -195,7 +206,7 @@ async def react(request: Request) -> Response:
 
 
 async def reply(request: Request) -> Response:
-    _, user = await caller(request)
+    user = await _message_gate(request)
     svc = services(request)
     body = await read_json(request)
     text = body.get("text")

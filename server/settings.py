@@ -53,7 +53,8 @@ class Settings:
     archive_retention_s: int = 30 * 24 * 3600  # expired/deleted items and media kept for the owner
     viewers_retention_s: int = 48 * 3600  # seen-by lists kept after an item ends, seconds
     sweep_interval_s: float = 1.0  # expiry sweeper period, seconds
-    posts_per_minute: int = 30  # per user; beyond: 429
+    posts_per_minute: int = 30  # posts and shares per user (audience changes too); beyond: 429
+    messages_per_minute: int = 60  # replies and reactions per user; beyond: 429
     # --- media ---
     max_upload_bytes: int = 100 * 1024 * 1024  # largest upload, bytes
     max_video_ms: int = 60_000  # longest video, milliseconds
@@ -94,6 +95,16 @@ class Settings:
 ENV_PREFIX = "STORIES_"
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+POSITIVE = (
+    "posts_per_minute", "messages_per_minute", "max_caption_chars", "max_reply_chars",
+    "sweep_interval_s", "max_upload_bytes", "max_video_ms", "max_pixels", "max_long_side_px",
+    "media_workers", "capture_max_concurrent", "ws_send_queue_bytes", "ws_max_frame_bytes",
+    "ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_ops_per_second",
+    "ws_drain_timeout_s", "dev_token_ttl_s", "workers",
+)  # fmt: skip
+
+
 def _coerce(name: str, raw: Any) -> Any:
     """Convert a TOML or env value to the type of field `name`; raises ValueError."""
     kinds = {f.name: f.type for f in fields(Settings)}
@@ -109,7 +120,10 @@ def _coerce(name: str, raw: Any) -> Any:
     if "bool" in kind:
         if isinstance(raw, bool):
             return raw
-        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+        word = str(raw).strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise ValueError(f"{name} must be true or false, not {raw!r}")
+        return word in _TRUE
     if kind.startswith("int"):
         return int(raw)
     if kind.startswith("float"):
@@ -159,6 +173,9 @@ def validate(settings: Settings) -> None:
         raise ValueError("default_lifetime_h must be one of 6, 12, 24, 48")
     if not 1000 <= settings.capture_max_duration_ms <= 60_000:
         raise ValueError("capture_max_duration_ms must be within 1000..60000")
+    for name in POSITIVE:
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"{name} must be positive")
     if settings.ws_idle_timeout_s <= settings.ws_ping_interval_s:
         raise ValueError("ws_idle_timeout_s must be longer than ws_ping_interval_s")
     if settings.lifetime_seconds is not None and settings.lifetime_seconds <= 0:

@@ -129,6 +129,9 @@ async def _read_ops(ws: WebSocket, svc: Services, conn: Connection) -> None:
         except frames.ProtocolError as exc:
             await _close(ws, frames.WS_1008_POLICY_VIOLATION, str(exc))
             return
+        if op.name == "auth":  # only ever the first frame
+            await _close(ws, frames.WS_1008_POLICY_VIOLATION, "already signed in")
+            return
         await _handle(svc, conn, op)
 
 

@@ -383,6 +383,28 @@ def test_rate_limit_third_post_is_429_with_retry_after(settings):
         assert bob.post_media("chelsea.png").status_code == 201
 
 
+def test_replies_reactions_and_audience_changes_are_rate_limited(settings):
+    real_ms = time.time_ns() // 1_000_000 - 60_000  # tokens are checked against real time
+    clock = ManualClock(real_ms - real_ms % 60_000 + 15_000)
+    with custom_app(settings, clock, posts_per_minute=2, messages_per_minute=3) as (_, login):
+        ann, bob = login("ann"), login("bob")
+        bob.follow(ann)
+        item = ann.post_media("rocket.jpg").json()["id"]
+        sent = [bob.post(f"/stories/{item}/replies", json={"text": "hi"}).status_code,
+                bob.post(f"/stories/{item}/reactions", json={"emoji": "🔥"}).status_code,
+                bob.post(f"/stories/{item}/replies", json={"text": "again"}).status_code]  # fmt: skip
+        assert sent == [201, 204, 201]
+        r = bob.post(f"/stories/{item}/reactions", json={"emoji": "🔥"})
+        assert_problem(r, 429, "rate-limited")
+        assert r.headers["retry-after"] == "45"
+        assert len(ann.get(f"/stories/{item}/replies").json()["items"]) == 2, "nothing half-done"
+        for audience in ("public", "followers"):
+            assert ann.patch(f"/stories/{item}", json={"audience": audience}).status_code == 200
+        assert_problem(ann.patch(f"/stories/{item}", json={"audience": "public"}), 429,
+                       "rate-limited")  # fmt: skip
+        assert ann.get(f"/stories/{item}").json()["audience"] == "followers"
+
+
 def test_trailing_slash_is_a_problem_not_a_redirect(client):
     r = client.get("/api/v1/tray/", follow_redirects=False)
     assert r.status_code == 404

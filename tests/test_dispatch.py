@@ -15,6 +15,7 @@ import orjson
 from server.connection import Connection
 from server.dispatch import Dispatcher
 from server.frames import Encoded, encode
+from server.wire import WireClosed
 
 
 class RecordingWire:
@@ -24,13 +25,19 @@ class RecordingWire:
         self.sends: list[list[int]] = []
         self.gate = asyncio.Event()
         self.gate.set()
+        self.gone = False
 
     def send(self, payload: Encoded) -> asyncio.Task[None] | None:
         data = orjson.loads(payload.data)
         self.sends.append([e["n"] for e in (data if isinstance(data, list) else [data])])
         if self.gate.is_set():
             return None
-        return asyncio.get_running_loop().create_task(self.gate.wait())  # type: ignore[arg-type]
+        return asyncio.get_running_loop().create_task(self._wait())
+
+    async def _wait(self) -> None:
+        await self.gate.wait()
+        if self.gone:
+            raise WireClosed("socket closed")  # as UvicornWire does once the socket went
 
 
 async def _closed(code: int, reason: str) -> None:
@@ -88,3 +95,20 @@ async def test_an_overflowing_reader_is_given_up_once_and_counted() -> None:
     wire.gate.set()
     await _iteration()
     assert wire.sends == [[0]], "a connection given up on gets nothing more"
+
+
+async def test_a_socket_that_goes_while_a_send_waits_is_given_up_quietly() -> None:
+    d, conn, wire, slow = _setup()
+    wire.gate.clear()
+    d.enqueue(conn, encode("x", 0, n=0))
+    task = conn.sending
+    assert task is not None
+    d.enqueue(conn, encode("x", 0, n=1))
+    wire.gone = True
+    wire.gate.set()
+    await _iteration()
+    assert task.done() and isinstance(task.exception(), WireClosed)
+    assert conn.closing and conn.sending is None and slow == []
+    d.enqueue(conn, encode("x", 0, n=2))
+    await _iteration()
+    assert wire.sends == [[0]]

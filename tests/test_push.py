@@ -112,12 +112,13 @@ async def test_auth_by_first_frame_and_refusals(live):
         with pytest.raises(websockets.ConnectionClosed) as info:
             await ws.recv()
         assert info.value.rcvd.code == 4001
-    async with websockets.connect(f"{live.ws_url}?token={alice.token}") as ws:
-        await ws.send("not json")
-        with pytest.raises(websockets.ConnectionClosed) as info:
-            while True:
-                await ws.recv()
-        assert info.value.rcvd.code == 1008
+    for frame in ("not json", orjson.dumps({"op": "auth", "token": alice.token}).decode()):
+        async with websockets.connect(f"{live.ws_url}?token={alice.token}") as ws:
+            await ws.send(frame)  # malformed; auth once signed in
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                while True:
+                    await ws.recv()
+            assert info.value.rcvd.code == 1008, frame
 
 
 async def test_view_counts_are_coalesced_and_last_is_exact(live):

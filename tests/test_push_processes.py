@@ -231,6 +231,7 @@ async def test_sigterm_drains_sockets_and_stops_embedded_redis(tmp_path: Path) -
         while srv.proc.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert srv.proc.poll() is not None, f"still running after {drain_s + 5} s"
+        assert srv.proc.returncode == -signal.SIGTERM, "ends by the signal, as a clean stop"
         still = [
             pid
             for pid in redis_pids

@@ -44,3 +44,14 @@ def test_demo_implies_dev_login_and_bad_values_are_refused(tmp_path):
         load_settings(env={"STORIES_JWT_ALGORITHM": "none"})
     with pytest.raises(ValueError):
         load_settings(env={"STORIES_DEFAULT_LIFETIME_H": "7"})
+    for key, bad in (("WS_PER_MESSAGE_DEFLATE", "maybe"), ("DEMO", "ture"),
+                     ("WS_OPS_PER_SECOND", "-1"), ("WS_SEND_QUEUE_BYTES", "0"),
+                     ("MESSAGES_PER_MINUTE", "0")):  # fmt: skip
+        with pytest.raises(ValueError, match=key.lower()):
+            load_settings(env={f"STORIES_{key}": bad})
+    assert (
+        load_settings(env={"STORIES_WS_PER_MESSAGE_DEFLATE": "off"}).ws_per_message_deflate is False
+    )
+    assert (
+        load_settings(env={"STORIES_WS_PER_MESSAGE_DEFLATE": "Yes"}).ws_per_message_deflate is True
+    )
