@@ -675,15 +675,11 @@ def _stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
 
 PROFILED = {  # function (as py-spy names it) → what it is, for the report
     "Broker._read": "pub/sub reader, incl. the synchronous fan-out (Hub.on_message)",
-    "Hub._on_story_new": "per-follower loop: audience check, tray entry, enqueue",
-    "Hub._entry_frame": "  tray.update entry per follower (visible_items + ring)",
-    "visible_items": "    visible_items (filter + sort the owner's items)",
-    "ring": "    ring (TrayState)",
-    "Connection.relation": "  Connection.relation (a Relation dataclass, twice per follower)",
-    "Hub.enqueue": "  Hub.enqueue (outbox push + Event.set)",
-    "Hub._writer": "writer task per connection (woken by an Event)",
-    "WebSocket.send_text": "  Starlette WebSocket.send_text",
-    "WebSocketsSansIOProtocol.send": "    uvicorn sans-I/O send (framing + transport.write)",
+    "Hub._on_story_new": "per-follower loop: view, audience check, enqueue",
+    "Hub._entry_frame": "  tray.update entry per distinct view (visible_items + ring)",
+    "Dispatcher.enqueue": "  Dispatcher.enqueue (write at once, or outbox push)",
+    "Dispatcher._flush": "flush of the frames queued during one loop iteration (packed)",
+    "UvicornWire.send": "  UvicornWire.send (guards + transport.write, incl. the syscall)",
     "Hub.resync_all": "resync after a pub/sub reconnect (snapshot per socket)",
 }
 

@@ -21,7 +21,7 @@ through the `websockets` protocol object, as uvicorn would.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -116,7 +116,9 @@ class ExposeServerSend:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # a plain function handing back the app's awaitable: no frame of ours stays alive
+        # for the whole life of every socket
         if scope["type"] == "websocket":
             scope[SERVER_SEND] = send
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
