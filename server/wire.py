@@ -21,10 +21,10 @@ through the `websockets` protocol object, as uvicorn would.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Send
 from starlette.websockets import WebSocket
 
 from server.frames import Encoded
@@ -34,8 +34,6 @@ try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 except ImportError:  # pragma: no cover - another uvicorn layout: the ASGI wire only
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
-
-SERVER_SEND = "stories.server_send"  # scope key: the ASGI server's own `send`
 
 
 class WireClosed(ConnectionError):
@@ -98,27 +96,13 @@ class UvicornWire:
         self.send(payload)  # writable: writes now, or raises if the socket closed meanwhile
 
 
-def wire_for(ws: WebSocket) -> Wire:
-    """The fastest correct wire for an accepted `ws`: direct under uvicorn sans-I/O, else ASGI."""
-    proto = getattr(ws.scope.get(SERVER_SEND), "__self__", None)
+def wire_for(ws: WebSocket, server_send: Send) -> Wire:
+    """The fastest correct wire for `ws`: direct under uvicorn sans-I/O, else ASGI.
+
+    `server_send` is the ASGI server's own `send` (not wrapped by middleware),
+    whose bound instance names the protocol.
+    """
+    proto = getattr(server_send, "__self__", None)
     if WebSocketsSansIOProtocol is not None and isinstance(proto, WebSocketsSansIOProtocol):
         return UvicornWire(proto)
     return AsgiWire(ws.send_text)
-
-
-class ExposeServerSend:
-    """ASGI middleware: keeps the server's own `send` in WebSocket scopes for `wire_for`.
-
-    Starlette wraps `send` on its way to an endpoint; the outermost user
-    middleware still sees the server's bound method, which names its protocol.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # a plain function handing back the app's awaitable: no frame of ours stays alive
-        # for the whole life of every socket
-        if scope["type"] == "websocket":
-            scope[SERVER_SEND] = send
-        return self.app(scope, receive, send)

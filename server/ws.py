@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qs
 
 import redis.exceptions
-from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import frames
@@ -25,7 +26,7 @@ from server.auth import Principal
 from server.connection import Connection
 from server.errors import StoriesError, Unauthorized
 from server.services import Services
-from server.wire import wire_for
+from server.wire import Wire, wire_for
 
 log = logging.getLogger("stories.ws")
 
@@ -80,7 +81,14 @@ async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
         await ws.close(code, reason[:120])
 
 
-async def ws_endpoint(ws: WebSocket) -> None:
+def serve(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    """The ASGI entry of `/ws` (see `app.StoriesApp`): `send` is the server's own."""
+    ws = WebSocket(scope, receive, send)
+    return ws_endpoint(ws, wire_for(ws, send))
+
+
+async def ws_endpoint(ws: WebSocket, wire: Wire) -> None:
+    """One socket's life: accept, sign in, hello, attach to the hub, read ops, detach."""
     svc: Services = ws.app.state.services
     await ws.accept()
     try:
@@ -93,7 +101,7 @@ async def ws_endpoint(ws: WebSocket) -> None:
         return
     conn = Connection(
         user,
-        wire_for(ws),
+        wire,
         lambda code, reason: _close(ws, code, reason),
         svc.settings.ws_send_queue_bytes,
     )
@@ -145,6 +153,3 @@ async def _handle(svc: Services, conn: Connection, op: frames.Op) -> None:
         except StoriesError as exc:
             svc.hub.enqueue(conn, frames.encode("error", now, op="seen", item=op.arg, status=exc.status,
                                                 detail=exc.detail))  # fmt: skip
-
-
-routes = [WebSocketRoute("/ws", ws_endpoint)]
