@@ -12,10 +12,11 @@ It runs on uvloop when installed, like uvicorn (`--loop auto`) runs the stories
 server, and binds 127.0.0.1 only. `BaselineProcess` starts it as a child process
 and stops it by its PID.
 
-`--starlette-idle` runs instead the smallest Starlette app on uvicorn as the
-stories server runs it (`--ws websockets-sansio`): a `/ws` endpoint that accepts,
-sends `{"type": "tray.snapshot"}` and reads until the client goes. It relays
-nothing; it is the memory floor of the framework for one idle socket.
+`--uvicorn-idle` runs instead the smallest ASGI app on uvicorn as the stories
+server runs it (`--ws websockets-sansio`; like the stories server's `/ws`, no
+Starlette routing or middleware on the way): it accepts, sends
+`{"type": "tray.snapshot"}` and reads until the client goes. It relays nothing;
+it is the memory floor of the server stack for one idle socket.
 """
 
 from __future__ import annotations
@@ -93,19 +94,19 @@ async def relay(host: str, port: int, redis_url: str, channels: list[str]) -> No
     await client.aclose()
 
 
-def starlette_idle_app() -> Any:
-    """The framework floor: accept, one frame, read until disconnect."""
-    from starlette.applications import Starlette
-    from starlette.routing import WebSocketRoute
-    from starlette.websockets import WebSocket
+def idle_app() -> Any:
+    """The server-stack floor: accept, one frame, read until disconnect (plain ASGI 3)."""
 
-    async def endpoint(ws: WebSocket) -> None:
-        await ws.accept()
-        await ws.send_text('{"type":"tray.snapshot","items":[]}')
-        while (await ws.receive())["type"] != "websocket.disconnect":
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": '{"type":"tray.snapshot","items":[]}'})
+        while (await receive())["type"] != "websocket.disconnect":
             pass
 
-    return Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-url")
     p.add_argument("--channel", action="append")
     p.add_argument("--no-uvloop", action="store_true")
-    p.add_argument("--starlette-idle", action="store_true", help="the framework floor instead")
+    p.add_argument("--uvicorn-idle", action="store_true", help="the server-stack floor instead")
     args = p.parse_args(argv)
     raise_nofile()
-    if args.starlette_idle:
+    if args.uvicorn_idle:
         import uvicorn
 
-        uvicorn.run(starlette_idle_app(), host=args.host, port=args.port, log_level="warning",
+        uvicorn.run(idle_app(), host=args.host, port=args.port, log_level="warning", lifespan="off",
                     ws="websockets-sansio", backlog=4096)  # fmt: skip
         return 0
     if not args.redis_url or not args.channel:
@@ -143,7 +144,7 @@ class BaselineProcess:
     redis_url: str
     channels: list[str]
     log_path: Path
-    starlette_idle: bool = False
+    uvicorn_idle: bool = False
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -160,8 +161,8 @@ class BaselineProcess:
                 "--redis-url", self.redis_url]  # fmt: skip
         for channel in self.channels:
             args += ["--channel", channel]
-        if self.starlette_idle:
-            args.append("--starlette-idle")
+        if self.uvicorn_idle:
+            args.append("--uvicorn-idle")
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True,

@@ -62,7 +62,7 @@ JWT_SECRET = "bench-fanout-jwt-secret-0123456789abcdef"
 MEDIA_SECRET = "bench-media-secret"  # what harness.in_process_store signs with
 CAPTION_RE = re.compile(rb'"caption":"bench (\d+) (\d+) (\d+\.\d+)"')
 SNAPSHOT = b'"type":"tray.snapshot"'
-STORIES, BASELINE, FLOOR = "stories", "baseline", "starlette-idle"
+STORIES, BASELINE, FLOOR = "stories", "baseline", "uvicorn-idle"
 HOUR_MS = 3600 * 1000
 
 # Targets of the issue
@@ -737,7 +737,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         )
         baseline.start()
         stack.callback(baseline.stop)
-        floor = BaselineProcess(url, [], tmp / "floor.log", starlette_idle=True)
+        floor = BaselineProcess(url, [], tmp / "floor.log", uvicorn_idle=True)
         floor.start()
         stack.callback(floor.stop)
         assert server.proc is not None and baseline.proc is not None and floor.proc is not None
@@ -1024,7 +1024,7 @@ phases marked "clients / machine" show the machine's limit, not the server's.
 - p99 at 10 posts/s ≤ {TARGET_P99_RATIO}x the baseline's: {_met(t["p99_10ps"]["met"])} ({t["p99_10ps"]["value"]}x);
 - delivered/s at saturation ≥ {TARGET_RATE_RATIO}x the baseline's: {_met(t["rate_at_saturation"]["met"])} ({sat});
 - server CPU per delivered event ≤ {TARGET_CPU_RATIO}x the baseline's: {_met(t["cpu_per_delivery"]["met"])} ({t["cpu_per_delivery"]["range"][0]}x to {t["cpu_per_delivery"]["range"][1]}x over all phases);
-- idle connection ≤ {TARGET_IDLE_KIB:g} KiB of server RSS: {_met(idle["met"])} ({", ".join(f"{v} KiB at {k:,}" for k, v in idle["value"].items())}; the bare Starlette-on-uvicorn floor is {", ".join(f"{v} KiB" for v in idle["framework_floor"].values())}, so the hub's own state adds {", ".join(f"{v} KiB" for v in hub_extra.values())}).
+- idle connection ≤ {TARGET_IDLE_KIB:g} KiB of server RSS: {_met(idle["met"])} ({", ".join(f"{v} KiB at {k:,}" for k, v in idle["value"].items())}; the bare uvicorn floor (`uvicorn-idle`) is {", ".join(f"{v} KiB" for v in idle["framework_floor"].values())}, so the stories server's own state adds {", ".join(f"{v} KiB" for v in hub_extra.values())}).
 
 {phase_table}
 
@@ -1034,8 +1034,9 @@ Ratios, stories server ÷ baseline, same run:
 {profile_md}{incidents_md}
 Connecting and idle memory: RSS growth of the server process per socket, 3 s
 after the last connect. Each stories socket follows the {cfg["creators"]}
-creators; `starlette-idle` is the smallest Starlette `/ws` endpoint on uvicorn
-(`bench/baseline_ws.py --starlette-idle`), the framework's floor:
+creators; `uvicorn-idle` is the smallest ASGI `/ws` app on uvicorn's sans-I/O
+WebSocket protocol (`bench/baseline_ws.py --uvicorn-idle`), the server stack's
+floor (the stories server's `/ws` skips Starlette's routing and middleware too):
 
 {idle_table}
 """

@@ -267,7 +267,6 @@ class Hub:
 
         Every frame about `owner` depends on nothing else, so one fan-out computes
         and encodes each distinct view once, however many followers share it.
-        (`_fan_out` inlines this for speed; keep the two alike.)
         """
         if owner == conn.user_id:
             return OWNER_VIEW
@@ -317,19 +316,9 @@ class Hub:
         """
         per_view: dict[View, frames.Encoded | None] = {}
         entries: dict[View, frames.Encoded] = {}
-        enqueue = self.enqueue
+        enqueue, view_of = self.enqueue, self._view
         for conn in conns:  # the hot loop: one pass per follower per post
-            view = (
-                OWNER_VIEW
-                if owner == conn.user_id
-                else (
-                    False,
-                    owner in conn.following,
-                    owner in conn.close_friend_of,
-                    owner in conn.hidden_from,
-                    conn.seen.get(owner, 0),
-                )
-            )
+            view = view_of(conn, owner)
             out = per_view.get(view, MISSING)
             if out is MISSING:
                 is_owner, follows, close_friend, hidden, _ = view
