@@ -7,9 +7,9 @@ filtered. Frames that come after it in the same iteration (a burst read from
 Redis in one go) are queued in the connection's bounded outbox and go out in one
 flush scheduled with `call_soon`, packed into one JSON array. Only a send that
 must wait for the socket (backpressure) gets a task, and frames that queue up
-behind it are sent, packed, when it finishes. The team's fan-out measurements on this kind of machine:
-12.9 µs of server CPU per delivered message this way at 50k deliveries/s, 21 µs
-with one writer task per connection.
+behind it are sent, packed, when it finishes. (One writer task per connection
+costs about twice the CPU per delivery at 50k deliveries/s: the team's fan-out
+notes. This design's figures: docs/benchmarks.md, fan-out.)
 
 A connection whose outbox overflows is a reader too slow to keep up: it is
 counted, marked closing and handed to `too_slow` (the hub closes it with 1013);
@@ -47,7 +47,7 @@ class Dispatcher:
             return
         if conn.sending is None and not conn.dirty and conn.written_in != self.iteration:
             conn.written_in = self.iteration  # later frames of this iteration wait and pack
-            if not self._flush_scheduled:  # (inlined `_schedule_flush`: once per follower)
+            if not self._flush_scheduled:  # checked here too: this line runs per follower
                 self._schedule_flush()
             self._send(conn, frame)
             return
