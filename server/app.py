@@ -94,11 +94,17 @@ class StoriesApp(Starlette):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/ws":
+        if scope["type"] == "websocket" and _app_path(scope) == "/ws":
             scope["app"] = self
             await ws.serve(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+
+def _app_path(scope: Scope) -> str:
+    """The path below the app's mount point (`root_path`), as Starlette's router sees it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:

@@ -55,3 +55,18 @@ def test_other_asgi_servers_get_the_asgi_wire(client, login) -> None:
         assert isinstance(conn.wire, AsgiWire)
         ws.send_text('{"op": "ping"}')
         assert orjson.loads(ws.receive_text())["type"] == "pong"
+
+
+async def test_ws_behind_a_path_prefix_keeps_the_direct_wire(settings: Settings) -> None:
+    """uvicorn `--root-path /stories` (a proxy strips the prefix): `/ws` still takes the fast path."""
+    live = LiveServer(settings)
+    live.server.config.root_path = "/stories"
+    with live:
+        alice = Client(live, "alice")
+        sock = await alice.socket()
+        (conn,) = live.app.state.services.hub.conns
+        assert isinstance(conn.wire, UvicornWire)
+        await sock.send(op="ping")
+        assert (await sock.next("pong"))["type"] == "pong"
+        await sock.close()
+        await alice.close()
