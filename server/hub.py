@@ -38,6 +38,7 @@ from server.keys import item_id
 from server.reads import StoryReader
 from server.store import Store
 from server.tray import ActiveItem, ring, visible_items
+from server.view_counts import ViewCountPush
 
 log = logging.getLogger("stories.hub")
 View = tuple[bool, bool, bool, bool, int]
@@ -79,6 +80,7 @@ class Hub:
         self._resync_again = False
         self.out = Dispatcher(self.conns, self._too_slow)
         self.enqueue = self.out.enqueue  # queue a frame for one connection (`Dispatcher.enqueue`)
+        self.counts = ViewCountPush(self.enqueue, self.now)
 
     def bind(self, broker: Broker) -> None:
         self.broker = broker
@@ -382,28 +384,7 @@ class Hub:
 
     def _on_story_viewed(self, event: dict[str, Any], conns: list[Connection]) -> None:
         self._forward(event, conns)
-        now = int(time.monotonic() * 1000)
-        for conn in conns:
-            if conn.coalescer.offer(event["item_id"], event["view_count"], now):
-                self.enqueue(conn, frames.encode("story.view_count", self.now(), item_id=event["item_id"],
-                                                 view_count=event["view_count"]))  # fmt: skip
-            else:
-                self._schedule_counts(conn)
-
-    def _schedule_counts(self, conn: Connection) -> None:
-        due = conn.coalescer.next_due_ms()
-        if conn.count_timer is not None or due is None:
-            return
-        delay = max(0.0, due / 1000 - time.monotonic())
-        conn.count_timer = asyncio.get_running_loop().call_later(delay, self._flush_counts, conn)
-
-    def _flush_counts(self, conn: Connection) -> None:
-        conn.count_timer = None
-        for item, count in conn.coalescer.due(int(time.monotonic() * 1000)):
-            self.enqueue(
-                conn, frames.encode("story.view_count", self.now(), item_id=item, view_count=count)
-            )
-        self._schedule_counts(conn)
+        self.counts.on_viewed(event, conns)
 
     def _on_seen_sync(self, event: dict[str, Any], conns: list[Connection]) -> None:
         owner, seq = event["owner_id"], event["seq"]
