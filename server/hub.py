@@ -21,6 +21,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,8 @@ class Hub:
         self.interest: dict[str, set[Connection]] = defaultdict(set)
         self.owners: dict[str, OwnerCache] = {}
         self.draining = False
+        self.signing_in: set[Callable[[int, str], Awaitable[None]]] = set()  # close() of sockets
+        # accepted but not yet signed in (ws.py), so that a drain closes them properly too
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
         self.out = Dispatcher(self.conns, self._too_slow)
@@ -425,6 +428,8 @@ class Hub:
         all come back at once.
         """
         self.draining = True
+        for close in list(self.signing_in):
+            await close(frames.WS_1012_SERVICE_RESTART, self._retry_reason())
         conns = list(self.conns)
         deadline = time.monotonic() + timeout_s
         for start in range(0, len(conns), batch):

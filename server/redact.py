@@ -1,4 +1,6 @@
-"""Keep bearer tokens out of logs: `?token=<jwt>` on /ws would otherwise be logged in full."""
+"""Log hygiene for what clients control: bearer tokens (`?token=<jwt>` on /ws would
+otherwise be logged in full) and uvicorn's traceback for a text frame that is not
+UTF-8 (any client could fill the log with them; the socket is closed 1007 anyway)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ class RedactTokens(logging.Filter):
         message = record.getMessage()
         if "token=" in message:
             record.msg, record.args = TOKEN_RE.sub(r"\1[redacted]", message), ()
+        if record.exc_info and message.startswith("Invalid UTF-8 sequence received from client"):
+            record.exc_info, record.exc_text = None, None  # one line, not a traceback
+            record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 
 

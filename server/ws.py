@@ -57,8 +57,11 @@ async def _authenticate(ws: WebSocket, svc: Services) -> Principal:
     The query string is parsed here, not through `ws.query_params`, which the
     socket would keep (with the token) for as long as it is open.
     """
-    token = parse_qs(ws.scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
-    if not token:
+    query = parse_qs(ws.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    token = query.get("token", [None])[0]
+    if token == "":
+        raise Unauthorized("empty token")
+    if token is None:
         try:
             text = await asyncio.wait_for(ws.receive_text(), svc.settings.ws_auth_timeout_s)
             op = frames.parse_op(text)
@@ -91,6 +94,12 @@ async def ws_endpoint(ws: WebSocket, wire: Wire) -> None:
     """One socket's life: accept, sign in, hello, attach to the hub, read ops, detach."""
     svc: Services = ws.app.state.services
     await ws.accept()
+    hub = svc.hub
+
+    async def close(code: int, reason: str) -> None:
+        await _close(ws, code, reason)
+
+    hub.signing_in.add(close)  # a drain closes it too (1012 with a wait), not only uvicorn
     try:
         user = await _sign_in(ws, svc)
     except (StoriesError, WebSocketDisconnect) as exc:
@@ -99,13 +108,9 @@ async def ws_endpoint(ws: WebSocket, wire: Wire) -> None:
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         await _close(ws, frames.WS_1013_TRY_AGAIN_LATER, "storage unavailable; retry shortly")
         return
-    conn = Connection(
-        user,
-        wire,
-        lambda code, reason: _close(ws, code, reason),
-        svc.settings.ws_send_queue_bytes,
-    )
-    hub = svc.hub
+    finally:
+        hub.signing_in.discard(close)
+    conn = Connection(user, wire, close, svc.settings.ws_send_queue_bytes)
     hub.enqueue(conn, frames.encode("hello", svc.store.clock.now_ms(), user=user, session_id=conn.id,
                                     server_time=frames.rfc3339(svc.store.clock.now_ms())))  # fmt: skip
     try:

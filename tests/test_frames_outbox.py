@@ -83,3 +83,21 @@ def test_tokens_are_redacted_from_log_lines():
                                ("127.0.0.1:5", "/ws?token=eyJhbGciOi.abc.def&x=1"), None)  # fmt: skip
     assert RedactTokens().filter(record)
     assert record.getMessage() == '127.0.0.1:5 - "WebSocket /ws?token=[redacted]&x=1" [accepted]'
+
+
+def test_a_client_cannot_fill_the_log_with_utf8_tracebacks():
+    import logging
+    import sys
+
+    from server.redact import RedactTokens
+
+    try:
+        b"\xff".decode()
+    except UnicodeDecodeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("uvicorn.error", logging.ERROR, "", 0,
+                               "Invalid UTF-8 sequence received from client.", (), exc_info)  # fmt: skip
+    assert RedactTokens().filter(record)
+    assert record.exc_info is None and record.levelno == logging.INFO
+    other = logging.LogRecord("uvicorn.error", logging.ERROR, "", 0, "boom", (), exc_info)
+    assert RedactTokens().filter(other) and other.exc_info is exc_info, "other tracebacks stay"

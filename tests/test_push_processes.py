@@ -197,6 +197,13 @@ async def test_two_workers_both_push(redis_url: str, tmp_path: Path) -> None:
             await c.close()
 
 
+@dataclass
+class Unsigned:
+    """A raw socket shaped like `tests.live.Socket` for `_close_of`."""
+
+    ws: Any
+
+
 async def _close_of(sock: Any, wait_s: float) -> tuple[int, str]:
     with pytest.raises(websockets.ConnectionClosed) as info:
         while True:
@@ -220,6 +227,9 @@ async def test_sigterm_drains_sockets_and_stops_embedded_redis(tmp_path: Path) -
         assert len(redis_pids) == 1, "expected the embedded redis-server as a child"
         users = [login(srv.endpoint, f"u{n}") for n in range(5)]
         socks = [await u.socket() for u in users]
+        # one more socket, accepted but not signed in yet (no token, no auth frame)
+        unsigned = await websockets.connect(srv.endpoint.ws_url)
+        socks.append(Unsigned(unsigned))
         started = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         closes = await asyncio.gather(*(_close_of(s, drain_s + 5) for s in socks))
