@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 
+from server import parse
 from server.auth import Principal, bearer_token
 from server.errors import BadRequest, PayloadTooLarge, field_error
 from server.users import User
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 MAX_JSON_BYTES = 64 * 1024
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+MAX_OFFSET = 10**15  # offset + limit must stay a Redis integer (a cursor we issued is far below)
 
 
 def services(request: Request) -> Services:
@@ -36,8 +37,8 @@ async def caller(request: Request) -> tuple[Principal, User]:
 
 async def read_json(request: Request, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
     """The body as a JSON object. Raises 413 when larger than `max_bytes`, 400 when malformed."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    declared = parse.content_length(request.headers.get("content-length"))
+    if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes")
     body = b""
     async for chunk in request.stream():
@@ -56,9 +57,8 @@ async def read_json(request: Request, max_bytes: int = MAX_JSON_BYTES) -> dict[s
 
 
 def encode_cursor(offset: int | None) -> str | None:
-    if offset is None:
-        return None
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+    """The `next_cursor` of a page that continues at `offset`; None for the last page."""
+    return None if offset is None else parse.encode_offset_cursor(offset)
 
 
 def paging(request: Request) -> tuple[int, int]:
@@ -67,19 +67,15 @@ def paging(request: Request) -> tuple[int, int]:
     cursor = request.query_params.get("cursor")
     if not cursor:
         return 0, limit
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind != "o" or not value.isdigit():
-            raise ValueError
-    except ValueError:
-        raise field_error("cursor", "not a cursor this endpoint issued") from None
-    return int(value), limit
+    offset = parse.offset_cursor(cursor)
+    if offset is None or offset > MAX_OFFSET:
+        raise field_error("cursor", "not a cursor this endpoint issued")
+    return offset, limit
 
 
 def limit_only(request: Request) -> int:
     """`?limit=` (1-100, default 20). Raises 422 otherwise."""
-    raw_limit = request.query_params.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    limit = parse.int_in(request.query_params.get("limit", str(DEFAULT_LIMIT)), 1, MAX_LIMIT)
+    if limit is None:
         raise field_error("limit", f"an integer 1-{MAX_LIMIT}")
-    return int(raw_limit)
+    return limit

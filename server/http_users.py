@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import events
+from server import events, parse
 from server.errors import NotFound, field_error
 from server.http_common import caller, encode_cursor, paging, read_json, services
 from server.responses import JSONResponse, no_content
@@ -55,7 +55,8 @@ async def get_user(request: Request) -> Response:
 async def _other(request: Request) -> tuple[str, str]:
     """(caller id, target user id) for graph edits; the target must exist, not be the caller."""
     _, user = await caller(request)
-    target = await services(request).store.users.get(request.path_params["uid"])
+    uid = request.path_params["uid"]
+    target = await services(request).store.users.get(uid) if parse.is_user_id(uid) else None
     if not target:
         raise NotFound("no such user")
     if target["id"] == user["id"]:

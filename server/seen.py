@@ -14,7 +14,7 @@ import unicodedata
 
 import orjson
 
-from server import events
+from server import events, parse
 from server.clock import rfc3339
 from server.errors import Forbidden, NotFound, field_error
 from server.items import ItemRecord, Json
@@ -98,10 +98,10 @@ class SeenBook:
         views = k.views(rec.owner, rec.seq)
         top, skip_through = "+inf", None
         if cursor:
-            score, _, member = cursor.partition(":")
-            if not score.isdigit() or not member:
+            skip_through = parse.score_cursor(cursor)
+            if skip_through is None:
                 raise field_error("cursor", "not a cursor this endpoint issued")
-            top, skip_through = score, (int(score), member)
+            top = str(skip_through[0])
         raw = await self.s.redis.zrevrangebyscore(
             views, top, "-inf", start=0, num=limit + 64, withscores=True
         )
