@@ -158,8 +158,9 @@ def test_serve_end_to_end_second_server_and_sigterm(tmp_path):
             assert ann.post(f"/stories/{photo['id']}/seen").status_code == 204
             [entry] = ann.get("/tray").json()["items"]
             assert entry["has_unseen"] is False and entry["first_unseen_id"] is None
-            viewers = bob.get(f"/stories/{video['id']}/viewers").json()
+            viewers = bob.get(f"/stories/{photo['id']}/viewers").json()
             assert viewers["count"] == 1 and viewers["items"][0]["user"]["id"] == ann.id
+            assert bob.get(f"/stories/{video['id']}/viewers").json()["count"] == 0  # not shown
             got = http.get(video["media"]["url"], headers={"Range": "bytes=0-9"})
             assert got.status_code == 206 and len(got.content) == 10
 
