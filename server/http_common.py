@@ -10,6 +10,7 @@ from starlette.requests import Request
 from server import parse
 from server.auth import Principal, bearer_token
 from server.errors import BadRequest, PayloadTooLarge, field_error
+from server.limits import rate_limit
 from server.users import User
 
 if TYPE_CHECKING:
@@ -33,6 +34,23 @@ async def caller(request: Request) -> tuple[Principal, User]:
     principal = svc.auth.verify(bearer_token(request.headers.get("authorization")))
     user = await svc.store.users.ensure(principal.user_id, principal.claims)
     return principal, user
+
+
+async def limited(request: Request, what: str, subject: str, per_minute: int) -> None:
+    """Count one call of `what` for `subject` (a user id, or `client_key`); 429 beyond
+    `per_minute` this clock minute. One Redis round trip."""
+    svc = services(request)
+    await rate_limit(svc.store.redis, svc.store.keys, subject, what, per_minute,
+                     svc.store.clock.now_ms())  # fmt: skip
+
+
+def client_key(request: Request) -> str:
+    """`ip:<address>` of the peer, the subject of limits on calls without a user.
+
+    uvicorn takes the address from `X-Forwarded-For` when the peer is a trusted
+    proxy (`FORWARDED_ALLOW_IPS`, default 127.0.0.1), else it is the peer's own.
+    """
+    return f"ip:{request.client.host if request.client else 'unknown'}"
 
 
 async def read_json(request: Request, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:

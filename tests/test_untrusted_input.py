@@ -60,7 +60,8 @@ class World:
 
 @pytest.fixture
 def world(settings: Settings) -> Iterator[World]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    s = dataclasses.replace(settings, seen_per_minute=10**6, graph_changes_per_minute=10**6)
+    with TestClient(create_app(s), raise_server_exceptions=False) as client:
         bob, ann = (_login(client, h) for h in ("bob", "ann"))
         ann.follow(bob)
         photo = bob.post_media("rocket.jpg", data={"audience": "public"}).json()
