@@ -81,6 +81,7 @@ export class StoriesClient extends EventTarget {
     this._attempt = 0;
     this._trayVersion = 0;
     this._timers = {};
+    this._shown = new Set(); // item ids already reported shown (a view each), this page load
     this._onOnline = () => { if (this._wanted && !this._ws) this._reconnectNow(); };
   }
 
@@ -118,6 +119,7 @@ export class StoriesClient extends EventTarget {
 
   _setToken(token) {
     this.token = token;
+    this._shown.clear();
     if (token) this.storage?.setItem(TOKEN_KEY, token);
     else this.storage?.removeItem(TOKEN_KEY);
   }
@@ -251,8 +253,15 @@ export class StoriesClient extends EventTarget {
     }
   }
 
-  /** Mark an item seen: WS op when connected, else POST /stories/{id}/seen. */
+  /**
+   * Report an item as shown: WS op when connected, else POST /stories/{id}/seen. The server
+   * records a view of this item (seen-by, view count) and moves the read pointer to it, so
+   * call it for each item actually displayed, never for one skipped. Once per item: repeats
+   * are dropped here (the server would ignore them anyway).
+   */
   async markSeen(itemId) {
+    if (this._shown.has(itemId)) return;
+    this._shown.add(itemId);
     if (this.state === 'connected' && this._ws?.readyState === WebSocket.OPEN) {
       this._ws.send(JSON.stringify({ op: 'seen', item: itemId }));
       return;

@@ -269,10 +269,12 @@ export class Viewer {
     this.raf = requestAnimationFrame((t) => this._tick(t, seq));
   }
 
+  /** `item` is on screen: report it shown (its view), then update the ring locally. */
   _markSeen(item, own) {
-    if (own || item.seen) return;
+    if (own) return;
+    this.client.markSeen(item.id); // also for an item already seen by the read pointer
+    if (item.seen) return;
     item.seen = true;
-    this.client.markSeen(item.id);
     const nextUnseen = this.items.slice(this.index + 1).find((i) => !i.seen);
     this.client.noteSeen(item.owner.id, nextUnseen ? nextUnseen.id : null);
   }

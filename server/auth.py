@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 
 from server.errors import Unauthorized
-from server.keys import USER_ID_RE
+from server.parse import is_user_id
 from server.settings import Settings
 
 
@@ -80,7 +80,7 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not USER_ID_RE.match(sub):
+        if not isinstance(sub, str) or not is_user_id(sub):
             raise Unauthorized("token `sub` must be 1-64 of [A-Za-z0-9_-]")
         return Principal(user_id=sub, claims=claims)
 

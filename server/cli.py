@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             return serve(settings)
         if args.command == "token":
             from server.auth import Authenticator
-            from server.keys import USER_ID_RE
+            from server.parse import is_user_id
 
-            if not USER_ID_RE.match(args.user_id):
+            if not is_user_id(args.user_id):
                 print("stories: a user id is 1-64 of [A-Za-z0-9_-]", file=sys.stderr)
                 return EXIT_CONFIG
 

@@ -115,3 +115,15 @@ def field_error(field: str, detail: str) -> InvalidField:
 
 class LengthRequired(StoriesError):
     status, slug, title = 411, "length-required", "Content-Length required"
+
+
+class RangeNotSatisfiable(StoriesError):
+    """416 with `Content-Range: bytes */<size>` (RFC 9110 section 15.5.17)."""
+
+    status, slug, title = 416, "range-not-satisfiable", "Range not satisfiable"
+
+    def __init__(self, size: int, detail: str = "") -> None:
+        super().__init__(
+            detail or f"no requested range starts within the {size} bytes",
+            headers={"Content-Range": f"bytes */{size}"},
+        )

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from server.auth import bearer_token
 from server.errors import NotFound, Unauthorized
-from server.http_common import read_json, services
+from server.http_common import client_key, limited, read_json, services
 from server.responses import JSONResponse
 from server.rollout import Gate
 
@@ -33,8 +33,12 @@ async def get_rollout(request: Request) -> Response:
 async def put_rollout(request: Request) -> Response:
     """`PUT /admin/rollout {"open"?, "allow"?, "percent"?, "countries"?}` → the gate."""
     _admin(request)
+    svc = services(request)
+    await limited(
+        request, "admin writes", client_key(request), svc.settings.admin_writes_per_minute
+    )
     gate = Gate.parse(await read_json(request))
-    await services(request).rollout.set(gate)
+    await svc.rollout.set(gate)
     return JSONResponse(gate.to_json())
 
 

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from server import events
 from server.errors import NotFound, field_error
-from server.http_common import caller, read_json, services
+from server.http_common import caller, limited, read_json, services
 from server.http_stories import _gate, check_audience, check_caption
 from server.media import MediaLimits
 from server.responses import JSONResponse, no_content
@@ -83,13 +83,17 @@ async def start_capture(request: Request) -> Response:
 async def stop_capture(request: Request) -> Response:
     """`POST /captures/{id}/stop` → 201 StoryItem (the finished segment)."""
     _, user = await caller(request)
-    item = await services(request).captures.stop(user["id"], request.path_params["id"])
+    svc = services(request)
+    await limited(request, "edits", user["id"], svc.settings.edits_per_minute)
+    item = await svc.captures.stop(user["id"], request.path_params["id"])
     return JSONResponse(item, status_code=201)
 
 
 async def discard_capture(request: Request) -> Response:
     _, user = await caller(request)
-    await services(request).captures.discard(user["id"], request.path_params["id"])
+    svc = services(request)
+    await limited(request, "edits", user["id"], svc.settings.edits_per_minute)
+    await svc.captures.discard(user["id"], request.path_params["id"])
     return no_content()
 
 

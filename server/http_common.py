@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 
+from server import parse
 from server.auth import Principal, bearer_token
 from server.errors import BadRequest, PayloadTooLarge, field_error
+from server.limits import rate_limit
 from server.users import User
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 MAX_JSON_BYTES = 64 * 1024
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+MAX_OFFSET = 10**15  # offset + limit must stay a Redis integer (a cursor we issued is far below)
 
 
 def services(request: Request) -> Services:
@@ -34,10 +36,27 @@ async def caller(request: Request) -> tuple[Principal, User]:
     return principal, user
 
 
+async def limited(request: Request, what: str, subject: str, per_minute: int) -> None:
+    """Count one call of `what` for `subject` (a user id, or `client_key`); 429 beyond
+    `per_minute` this clock minute. One Redis round trip."""
+    svc = services(request)
+    await rate_limit(svc.store.redis, svc.store.keys, subject, what, per_minute,
+                     svc.store.clock.now_ms())  # fmt: skip
+
+
+def client_key(request: Request) -> str:
+    """`ip:<address>` of the peer, the subject of limits on calls without a user.
+
+    uvicorn takes the address from `X-Forwarded-For` when the peer is a trusted
+    proxy (`FORWARDED_ALLOW_IPS`, default 127.0.0.1), else it is the peer's own.
+    """
+    return f"ip:{request.client.host if request.client else 'unknown'}"
+
+
 async def read_json(request: Request, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
     """The body as a JSON object. Raises 413 when larger than `max_bytes`, 400 when malformed."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    declared = parse.content_length(request.headers.get("content-length"))
+    if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"JSON bodies are limited to {max_bytes} bytes")
     body = b""
     async for chunk in request.stream():
@@ -56,9 +75,8 @@ async def read_json(request: Request, max_bytes: int = MAX_JSON_BYTES) -> dict[s
 
 
 def encode_cursor(offset: int | None) -> str | None:
-    if offset is None:
-        return None
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+    """The `next_cursor` of a page that continues at `offset`; None for the last page."""
+    return None if offset is None else parse.encode_offset_cursor(offset)
 
 
 def paging(request: Request) -> tuple[int, int]:
@@ -67,19 +85,15 @@ def paging(request: Request) -> tuple[int, int]:
     cursor = request.query_params.get("cursor")
     if not cursor:
         return 0, limit
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind != "o" or not value.isdigit():
-            raise ValueError
-    except ValueError:
-        raise field_error("cursor", "not a cursor this endpoint issued") from None
-    return int(value), limit
+    offset = parse.offset_cursor(cursor)
+    if offset is None or offset > MAX_OFFSET:
+        raise field_error("cursor", "not a cursor this endpoint issued")
+    return offset, limit
 
 
 def limit_only(request: Request) -> int:
     """`?limit=` (1-100, default 20). Raises 422 otherwise."""
-    raw_limit = request.query_params.get("limit", str(DEFAULT_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+    limit = parse.int_in(request.query_params.get("limit", str(DEFAULT_LIMIT)), 1, MAX_LIMIT)
+    if limit is None:
         raise field_error("limit", f"an integer 1-{MAX_LIMIT}")
-    return int(raw_limit)
+    return limit

@@ -10,8 +10,15 @@ from starlette.routing import Route
 
 from server.audience import AUDIENCES
 from server.errors import Forbidden, NotFound, field_error
-from server.http_common import caller, encode_cursor, limit_only, paging, read_json, services
-from server.limits import rate_limit
+from server.http_common import (
+    caller,
+    encode_cursor,
+    limit_only,
+    limited,
+    paging,
+    read_json,
+    services,
+)
 from server.media import MediaLimits
 from server.responses import JSONResponse, no_content
 from server.seen import check_emoji
@@ -58,8 +65,7 @@ async def _gate(request: Request) -> tuple[Any, User]:
     await svc.rollout.check(
         user["id"], user["handle"], country if isinstance(country, str) else None
     )
-    await rate_limit(svc.store.redis, svc.store.keys, user["id"], "posts",
-                     svc.settings.posts_per_minute, svc.store.clock.now_ms())  # fmt: skip
+    await limited(request, "posts", user["id"], svc.settings.posts_per_minute)
     return principal, user
 
 
@@ -152,6 +158,7 @@ async def get_story(request: Request) -> Response:
 async def delete_story(request: Request) -> Response:
     _, user = await caller(request)
     svc = services(request)
+    await limited(request, "edits", user["id"], svc.settings.edits_per_minute)
     rec = await svc.reader.visible(user["id"], request.path_params["id"])
     await svc.writer.delete(user["id"], rec)
     return no_content()
@@ -161,20 +168,22 @@ async def patch_story(request: Request) -> Response:
     """`PATCH /stories/{id} {"audience"}` (owner) → StoryItem. An extension of the API."""
     _, user = await caller(request)
     svc = services(request)
+    await limited(request, "audience changes", user["id"], svc.settings.posts_per_minute)
     body = await read_json(request)
     if set(body) - {"audience"}:
         raise field_error(sorted(set(body) - {"audience"})[0], "only audience can change")
     rec = await svc.reader.visible(user["id"], request.path_params["id"])
     if "audience" in body:
-        await rate_limit(svc.store.redis, svc.store.keys, user["id"], "audience changes",
-                         svc.settings.posts_per_minute, svc.store.clock.now_ms())  # fmt: skip
         rec = await svc.writer.set_audience(user["id"], rec, check_audience(body["audience"]))
     return JSONResponse((await svc.reader.render_many(user["id"], [rec]))[0])
 
 
 async def mark_seen(request: Request) -> Response:
+    """`POST /stories/{id}/seen` → 204: the item was shown to the caller (`SeenBook.mark_seen`)."""
     _, user = await caller(request)
-    await services(request).seen.mark_seen(user, request.path_params["id"])
+    svc = services(request)
+    await limited(request, "seen marks", user["id"], svc.settings.seen_per_minute)
+    await svc.seen.mark_seen(user, request.path_params["id"])
     return no_content()
 
 
@@ -191,8 +200,7 @@ async def _message_gate(request: Request) -> User:
     """Caller and the replies-and-reactions rate limit (429)."""
     _, user = await caller(request)
     svc = services(request)
-    await rate_limit(svc.store.redis, svc.store.keys, user["id"], "replies and reactions",
-                     svc.settings.messages_per_minute, svc.store.clock.now_ms())  # fmt: skip
+    await limited(request, "replies and reactions", user["id"], svc.settings.messages_per_minute)
     return user
 
 

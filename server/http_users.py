@@ -6,9 +6,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import events
+from server import events, parse
 from server.errors import NotFound, field_error
-from server.http_common import caller, encode_cursor, paging, read_json, services
+from server.http_common import (
+    caller,
+    client_key,
+    encode_cursor,
+    limited,
+    paging,
+    read_json,
+    services,
+)
 from server.responses import JSONResponse, no_content
 from server.users import check_display_name, normalize_handle
 
@@ -20,6 +28,7 @@ async def dev_login(request: Request) -> Response:
         raise NotFound("dev login is not enabled")
     if svc.auth.algorithm != "HS256":  # dev tokens are HS256; minting would fail after login
         raise NotFound("dev login needs jwt_algorithm HS256")
+    await limited(request, "dev logins", client_key(request), svc.settings.dev_logins_per_minute)
     body = await read_json(request)
     user = await svc.store.users.login(normalize_handle(body.get("handle")))
     token = svc.auth.mint(user["id"], svc.store.clock.now_ms() // 1000, handle=user["handle"])
@@ -34,6 +43,7 @@ async def me(request: Request) -> Response:
 async def patch_me(request: Request) -> Response:
     """`PATCH /me {"display_name"?}` → User."""
     _, user = await caller(request)
+    await limited(request, "edits", user["id"], services(request).settings.edits_per_minute)
     body = await read_json(request)
     unknown = set(body) - {"display_name"}
     if unknown:
@@ -53,9 +63,15 @@ async def get_user(request: Request) -> Response:
 
 
 async def _other(request: Request) -> tuple[str, str]:
-    """(caller id, target user id) for graph edits; the target must exist, not be the caller."""
+    """(caller id, target user id) for graph edits; the target must exist, not be the caller.
+
+    Counts against `graph_changes_per_minute` (429 beyond).
+    """
     _, user = await caller(request)
-    target = await services(request).store.users.get(request.path_params["uid"])
+    await limited(request, "graph changes", user["id"],
+                  services(request).settings.graph_changes_per_minute)  # fmt: skip
+    uid = request.path_params["uid"]
+    target = await services(request).store.users.get(uid) if parse.is_user_id(uid) else None
     if not target:
         raise NotFound("no such user")
     if target["id"] == user["id"]:

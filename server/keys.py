@@ -8,22 +8,14 @@ max-read-id model, as Telegram uses for stories).
 
 from __future__ import annotations
 
-import re
+from server.parse import split_item_id
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+__all__ = ["Keys", "item_id", "split_item_id"]
 
 
 def item_id(owner_id: str, seq: int) -> str:
     """`("u_ab", 7)` → `"u_ab.7"`."""
     return f"{owner_id}.{seq}"
-
-
-def split_item_id(text: str) -> tuple[str, int] | None:
-    """`"u_ab.7"` → `("u_ab", 7)`; None when `text` is not an item id."""
-    owner, sep, seq = text.rpartition(".")
-    if not sep or not USER_ID_RE.match(owner) or not seq.isdigit() or len(seq) > 15:
-        return None
-    return owner, int(seq)
 
 
 class Keys:

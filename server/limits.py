@@ -1,4 +1,12 @@
-"""Request limits kept in Redis: fixed-window rate limits and idempotency keys."""
+"""Request limits kept in Redis: fixed-window rate limits and idempotency keys.
+
+Every write endpoint counts against one named allowance per clock minute
+(docs/protocol.md has the table; the allowances are settings): per user for
+signed-in calls, per client address for dev login and the admin API. A check
+is one round trip (INCR and EXPIRE, pipelined); beyond the allowance the call
+is refused with 429 and `Retry-After` (seconds to the next minute) before it
+writes anything.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +25,11 @@ PENDING_TTL_S = 120
 async def rate_limit(
     redis: Redis, keys: Keys, uid: str, what: str, per_minute: int, now_ms: int
 ) -> None:
-    """Allow `per_minute` calls of `what` per user per clock minute; else RateLimited (429)."""
+    """Allow `per_minute` calls of `what` per `uid` per clock minute; else RateLimited (429).
+
+    `uid` is a user id, or `ip:<address>` for calls without a user. `now_ms`
+    is the injected clock's time; Retry-After is the seconds to the next minute.
+    """
     window = now_ms // 60_000
     key = keys.rate(uid, what, window)
     pipe = redis.pipeline(transaction=False)

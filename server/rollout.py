@@ -49,7 +49,7 @@ class Gate:
         if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
             raise field_error("percent", "must be an integer 0-100")
         if not isinstance(countries, list) or not all(
-            isinstance(c, str) and len(c) == 2 and c.isalpha() for c in countries
+            isinstance(c, str) and len(c) == 2 and c.isascii() and c.isalpha() for c in countries
         ):
             raise field_error("countries", "must be a list of two-letter country codes")
         return cls(open_, allow, percent, [c.upper() for c in countries])

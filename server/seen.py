@@ -1,11 +1,16 @@
 """Seen, seen-by lists, reactions and replies.
 
-Seen-up-to: marking item N seen marks every earlier item of the same owner
-seen too. The viewer's side is one number per owner (`seen:{viewer}` hash,
-raised atomically by `seen_max.lua`), which also syncs every device of the
-viewer. The owner's side is one ZSET per item (`views:{owner}:<seq>`,
-viewer → seen_at ms): ZADD NX makes repeated seen calls idempotent and ZCARD
-is the view count. The owner never counts as a viewer of their own items.
+A `seen` for item N says "N was shown to me". It does two different things:
+- Read pointer (seen-up-to): item N and every earlier item of the same owner
+  count as seen for the viewer's ring, on all their devices. One number per
+  owner (`seen:{viewer}` hash, raised atomically by `seen_max.lua`; the
+  max-read-id model).
+- View: the viewer joins the seen-by list of item N only — not of the earlier
+  items they skipped or opened the ring past. One ZSET per item
+  (`views:{owner}:<seq>`, viewer → seen_at ms): ZADD NX makes repeated seen
+  calls idempotent, ZCARD is the view count, and `story.viewed` goes to the
+  owner only when the ZADD added someone.
+The owner never counts as a viewer of their own items.
 """
 
 from __future__ import annotations
@@ -14,13 +19,12 @@ import unicodedata
 
 import orjson
 
-from server import events
+from server import events, parse
 from server.clock import rfc3339
 from server.errors import Forbidden, NotFound, field_error
 from server.items import ItemRecord, Json
 from server.reads import StoryReader
 from server.store import Store
-from server.tray import visible_items
 
 MAX_EMOJI_CHARS = 16
 MAX_REPLIES_KEPT = 1000
@@ -43,39 +47,39 @@ class SeenBook:
         self.reader = reader
 
     async def mark_seen(self, viewer: Json, text_id: str) -> None:
-        """Mark `text_id` and every earlier visible item of its owner seen. Idempotent.
+        """The viewer was shown `text_id`: record the view and move the read pointer to it.
+
+        The read pointer (seen-up-to) rises to the item, so it and every
+        earlier item of the owner count as seen for rings, on every device of
+        the viewer (`seen.sync` when it moved). The view — the seen-by entry,
+        the view count, `story.viewed` to the owner — is recorded for this item
+        only: only it was shown. Idempotent. One round trip after the
+        visibility check, one more to publish what changed.
 
         Raises NotFound when the viewer may not see the item.
         """
-        rec, relation = await self.reader.visible_with_relation(viewer["id"], text_id)
+        rec = await self.reader.visible(viewer["id"], text_id)
         if rec.owner == viewer["id"]:
             return
         k = self.s.keys
-        prev = int(
-            await self.s.scripts.seen_max(keys=[k.seen(viewer["id"])], args=[rec.owner, rec.seq])
-        )
-        if prev >= rec.seq:
-            return
         now = self.s.clock.now_ms()
-        active = await self.reader.active_items(rec.owner)
-        newly = [i for i in visible_items(active, relation, now) if prev < i.seq <= rec.seq]
+        views = k.views(rec.owner, rec.seq)
         pipe = self.s.redis.pipeline(transaction=False)
-        for item in newly:
-            views = k.views(rec.owner, item.seq)
-            pipe.zadd(views, {viewer["id"]: now}, nx=True)
-            pipe.pexpireat(views, item.expires_ms + self.s.settings.viewers_retention_s * 1000)
-            pipe.zcard(views)
-        replies = await pipe.execute()
+        await self.s.scripts.seen_max(keys=[k.seen(viewer["id"])], args=[rec.owner, rec.seq],
+                                      client=pipe)  # fmt: skip
+        pipe.zadd(views, {viewer["id"]: now}, nx=True)
+        pipe.pexpireat(views, rec.expires_ms + self.s.settings.viewers_retention_s * 1000)
+        pipe.zcard(views)
+        prev, added, _, count = await pipe.execute()
         pipe = self.s.redis.pipeline(transaction=False)
-        for n, item in enumerate(newly):
-            added, _, count = replies[3 * n : 3 * n + 3]
-            if added:
-                event = events.story_viewed(f"{rec.owner}.{item.seq}", viewer, rfc3339(now), count)
-                pipe.publish(k.inbox_channel(rec.owner), events.encode(event))
-        pipe.publish(
-            k.inbox_channel(viewer["id"]), events.encode(events.seen_sync(rec.owner, rec.seq))
-        )
-        await pipe.execute()
+        if added:
+            event = events.story_viewed(rec.id, viewer, rfc3339(now), count)
+            pipe.publish(k.inbox_channel(rec.owner), events.encode(event))
+        if int(prev) < rec.seq:
+            event = events.seen_sync(rec.owner, rec.seq)
+            pipe.publish(k.inbox_channel(viewer["id"]), events.encode(event))
+        if len(pipe):
+            await pipe.execute()
 
     async def _owned(self, caller: str, text_id: str) -> ItemRecord:
         """The caller's own item in any status (archive included). 404 / 403 otherwise."""
@@ -98,10 +102,10 @@ class SeenBook:
         views = k.views(rec.owner, rec.seq)
         top, skip_through = "+inf", None
         if cursor:
-            score, _, member = cursor.partition(":")
-            if not score.isdigit() or not member:
+            skip_through = parse.score_cursor(cursor)
+            if skip_through is None:
                 raise field_error("cursor", "not a cursor this endpoint issued")
-            top, skip_through = score, (int(score), member)
+            top = str(skip_through[0])
         raw = await self.s.redis.zrevrangebyscore(
             views, top, "-inf", start=0, num=limit + 64, withscores=True
         )

@@ -53,8 +53,21 @@ class Settings:
     archive_retention_s: int = 30 * 24 * 3600  # expired/deleted items and media kept for the owner
     viewers_retention_s: int = 48 * 3600  # seen-by lists kept after an item ends, seconds
     sweep_interval_s: float = 1.0  # expiry sweeper period, seconds
-    posts_per_minute: int = 30  # posts and shares per user (audience changes too); beyond: 429
+    posts_per_minute: int = (
+        30  # posts, shares, capture starts per user (audience changes too); beyond: 429
+    )
     messages_per_minute: int = 60  # replies and reactions per user; beyond: 429
+    seen_per_minute: int = (
+        120  # POST /stories/{id}/seen per user (the /ws op has its own gate); beyond: 429
+    )
+    graph_changes_per_minute: int = (
+        60  # follow, close-friend and hide changes per user; beyond: 429
+    )
+    edits_per_minute: int = (
+        30  # PATCH /me, story deletions, capture stops and discards per user; beyond: 429
+    )
+    dev_logins_per_minute: int = 60  # dev logins per client address; beyond: 429
+    admin_writes_per_minute: int = 30  # admin API writes per client address; beyond: 429
     # --- media ---
     max_upload_bytes: int = 100 * 1024 * 1024  # largest upload, bytes
     max_video_ms: int = 60_000  # longest video, milliseconds
@@ -97,7 +110,8 @@ ENV_PREFIX = "STORIES_"
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 POSITIVE = (
-    "posts_per_minute", "messages_per_minute", "max_caption_chars", "max_reply_chars",
+    "posts_per_minute", "messages_per_minute", "seen_per_minute", "graph_changes_per_minute",
+    "edits_per_minute", "dev_logins_per_minute", "admin_writes_per_minute", "max_caption_chars", "max_reply_chars",
     "sweep_interval_s", "max_upload_bytes", "max_video_ms", "max_pixels", "max_long_side_px",
     "media_workers", "capture_max_concurrent", "ws_send_queue_bytes", "ws_max_frame_bytes",
     "ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_ops_per_second",

@@ -36,6 +36,10 @@ class MediaSigner:
         return f"/media/{item_id}/{variant}?s={quote(scope)}&exp={exp_ms}&sig={sig}"
 
     def verify(self, item_id: str, variant: str, scope: str, exp_ms: int, sig: str) -> bool:
-        """True when `sig` matches (constant-time compare). Expiry is the caller's check."""
+        """True when `sig` matches (constant-time compare). Expiry is the caller's check.
+
+        Compares bytes: `hmac.compare_digest` raises TypeError for a `str` that
+        is not ASCII, and a client may send any text as `sig`.
+        """
         expected = self._mac(item_id, variant, scope, exp_ms)
-        return hmac.compare_digest(expected, sig)
+        return hmac.compare_digest(expected.encode(), sig.encode("utf-8", "replace"))

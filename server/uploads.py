@@ -29,6 +29,7 @@ from server.errors import (
     field_error,
 )
 from server.media import MediaLimits, ProcessedMedia, process_media
+from server.parse import content_length
 
 COPY_CHUNK = 1024 * 1024
 
@@ -84,10 +85,10 @@ async def read_post_form(request: Request, folder: Path, max_bytes: int) -> Post
     above `max_bytes`, BadRequest (400) for malformed multipart, InvalidField
     (422) when the `media` file is missing.
     """
-    declared = request.headers.get("content-length")
-    if not declared or not declared.isdigit():
+    declared = content_length(request.headers.get("content-length"))
+    if declared is None:
         raise LengthRequired("uploads need a Content-Length header")
-    if int(declared) > max_bytes + 64 * 1024:
+    if declared > max_bytes + 64 * 1024:
         raise PayloadTooLarge(f"uploads are limited to {max_bytes} bytes")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest("expected multipart/form-data with a `media` file")

@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 
 from server.errors import Conflict, field_error
 from server.keys import Keys
+from server.parse import is_user_id
 
-HANDLE_RE = re.compile(r"^[a-z0-9._]{1,30}$")
+HANDLE_RE = re.compile(r"[a-z0-9._]{1,30}")  # matched whole (`fullmatch`)
 MAX_DISPLAY_NAME = 64
 
 User = dict[str, Any]
@@ -24,7 +25,7 @@ User = dict[str, Any]
 
 def normalize_handle(raw: Any) -> str:
     """Lower-cased handle. Raises InvalidField (422) unless 1-30 of [a-z0-9._]."""
-    if not isinstance(raw, str) or not HANDLE_RE.match(raw.strip().lower()):
+    if not isinstance(raw, str) or not HANDLE_RE.fullmatch(raw.strip().lower()):
         raise field_error("handle", "1-30 characters of a-z, 0-9, '.' and '_'")
     return raw.strip().lower()
 
@@ -75,8 +76,11 @@ class UserStore:
         return await self.get(uid.decode()) if uid else None
 
     async def resolve(self, id_or_handle: str) -> User | None:
-        """By id first, then by handle."""
-        return await self.get(id_or_handle) or await self.by_handle(id_or_handle)
+        """By id first, then by handle; None for text that is neither (never looked up)."""
+        user = await self.get(id_or_handle) if is_user_id(id_or_handle) else None
+        if user is None and HANDLE_RE.fullmatch(id_or_handle.lower()):
+            user = await self.by_handle(id_or_handle)
+        return user
 
     async def create(
         self, handle: str, display_name: str | None = None, uid: str | None = None
@@ -96,7 +100,9 @@ class UserStore:
             return user
         wanted = claims.get("handle") or claims.get("preferred_username") or uid
         handle = (
-            wanted.lower() if isinstance(wanted, str) and HANDLE_RE.match(wanted.lower()) else None
+            wanted.lower()
+            if isinstance(wanted, str) and HANDLE_RE.fullmatch(wanted.lower())
+            else None
         )
         candidates = [handle] if handle else []
         candidates.append(f"user_{secrets.token_hex(4)}")

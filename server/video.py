@@ -107,7 +107,9 @@ def _walk_boxes(path: Path) -> list[tuple[str, int, int]]:
         while offset + 8 <= file_size:
             fh.seek(offset)
             size, kind = struct.unpack(">I4s", fh.read(8))
-            if size == 1:
+            if size == 1:  # a 64-bit `largesize` follows the type
+                if offset + 16 > file_size:
+                    break
                 size = struct.unpack(">Q", fh.read(8))[0]
             elif size == 0:
                 size = file_size - offset

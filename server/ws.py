@@ -149,6 +149,10 @@ async def _read_ops(ws: WebSocket, svc: Services, conn: Connection) -> None:
 
 
 async def _handle(svc: Services, conn: Connection, op: frames.Op) -> None:
+    """Run one client op. A refused op answers an `error` frame; a bug closes 1011, logged.
+
+    Redis being down propagates (the endpoint closes 1013), as over HTTP (503).
+    """
     now = svc.store.clock.now_ms()
     if op.name == "ping":
         svc.hub.enqueue(conn, frames.encode("pong", now))
@@ -158,3 +162,9 @@ async def _handle(svc: Services, conn: Connection, op: frames.Op) -> None:
         except StoriesError as exc:
             svc.hub.enqueue(conn, frames.encode("error", now, op="seen", item=op.arg, status=exc.status,
                                                 detail=exc.detail))  # fmt: skip
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            raise
+        except Exception:  # the socket's 500: never a dropped connection without a close frame
+            log.exception("unhandled error on a %s op", op.name)
+            conn.closing = True  # nothing more is sent or read on it
+            await conn.close(frames.WS_1011_INTERNAL_ERROR, "server error")

@@ -129,7 +129,33 @@ def test_seen_up_to_across_items_and_devices(login):
     assert alice2.post(f"/stories/{ids[2]}/seen").status_code == 204
     assert alice.get("/tray").json()["items"][0]["has_unseen"] is False
     counts = [bob.get(f"/stories/{i}").json()["view_count"] for i in ids]
-    assert counts == [1, 1, 1]
+    assert counts == [0, 1, 1], "a view is recorded for the items shown, not those skipped"
+
+
+def test_a_view_is_recorded_only_for_the_item_shown(login):
+    """Opening bob's ring at item 3 of 3 makes all three seen (the ring is grey) but
+    alice a viewer of item 3 only; showing item 1 later adds her to item 1 only."""
+    bob, alice = login("bob"), login("alice")
+    alice.follow(bob)
+    ids = [bob.post_media(n).json()["id"] for n in ("rocket.jpg", "coffee.png", "chelsea.png")]
+    assert alice.post(f"/stories/{ids[2]}/seen").status_code == 204
+    stories = alice.get(f"/users/{bob.id}/stories").json()
+    assert [i["seen"] for i in stories["items"]] == [True, True, True]
+    assert alice.get("/tray").json()["items"][0]["has_unseen"] is False
+
+    def viewers(item: str) -> list[str]:
+        page = bob.get(f"/stories/{item}/viewers").json()
+        assert page["count"] == len(page["items"])
+        return [v["user"]["id"] for v in page["items"]]
+
+    assert [viewers(i) for i in ids] == [[], [], [alice.id]]
+    assert [bob.get(f"/stories/{i}").json()["view_count"] for i in ids] == [0, 0, 1]
+    # going back to item 1 (already seen by the pointer) shows it: now it has its view
+    assert alice.post(f"/stories/{ids[0]}/seen").status_code == 204
+    assert [viewers(i) for i in ids] == [[alice.id], [], [alice.id]]
+    assert alice.get("/tray").json()["items"][0]["has_unseen"] is False  # the pointer stays
+    assert alice.post(f"/stories/{ids[0]}/seen").status_code == 204  # idempotent
+    assert [len(viewers(i)) for i in ids] == [1, 0, 1]
 
 
 def test_viewers_paging_newest_first(login, clock):

@@ -175,7 +175,8 @@ def test_mixed_audiences_each_viewer_sees_exactly_their_share(login):
     fay = _tray(follower)["bob"]
     assert (fay["has_unseen"], fay["first_unseen_id"]) == (False, None)
     assert bob.get(f"/stories/{cf}").json()["view_count"] == 0
-    assert bob.get(f"/stories/{pub}").json()["view_count"] == 1
+    assert bob.get(f"/stories/{pub}").json()["view_count"] == 0  # seen by the pointer, not shown
+    assert bob.get(f"/stories/{fol}").json()["view_count"] == 1
 
 
 def test_hiding_a_viewer_removes_the_ring_and_unhiding_restores_it(login):

@@ -158,8 +158,9 @@ def test_serve_end_to_end_second_server_and_sigterm(tmp_path):
             assert ann.post(f"/stories/{photo['id']}/seen").status_code == 204
             [entry] = ann.get("/tray").json()["items"]
             assert entry["has_unseen"] is False and entry["first_unseen_id"] is None
-            viewers = bob.get(f"/stories/{video['id']}/viewers").json()
+            viewers = bob.get(f"/stories/{photo['id']}/viewers").json()
             assert viewers["count"] == 1 and viewers["items"][0]["user"]["id"] == ann.id
+            assert bob.get(f"/stories/{video['id']}/viewers").json()["count"] == 0  # not shown
             got = http.get(video["media"]["url"], headers={"Range": "bytes=0-9"})
             assert got.status_code == 206 and len(got.content) == 10
 
@@ -249,3 +250,28 @@ def test_token_refuses_an_id_the_server_would_reject(tmp_path):
     assert bad.returncode == 2 and "user id" in bad.stderr
     good = stories("token", "u_ok", "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
     assert good.returncode == 0 and good.stdout.count(".") == 2
+
+
+def test_access_log_lines_keep_their_shape_with_tokens_redacted(tmp_path):
+    """uvicorn's access formatter unpacks `record.args`: redaction must keep them (issue 9.4)."""
+    import websockets.sync.client
+    from websockets.exceptions import ConnectionClosed
+
+    port = free_port()
+    with serving(tmp_path / "d", port, "--dev-login") as (_, log):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            wait_until(lambda: http.get("/readyz").status_code == 200, 20, "readiness")
+            assert http.get("/api/v1/tray?token=SECRET-HTTP.x.y&page=2").status_code == 401
+            assert http.get("/healthz?token=SECRET-PLAIN").status_code == 200
+            url = f"ws://127.0.0.1:{port}/ws?token=SECRET-WS.a.b"
+            with websockets.sync.client.connect(url) as ws, pytest.raises(ConnectionClosed):
+                ws.recv(5)  # 4001: not a token we issued
+            marker = "/healthz?end=1"
+            assert http.get(marker).status_code == 200
+            wait_until(lambda: marker in log.read_text(), 5, "the last access line")
+    text = log.read_text()
+    assert "SECRET" not in text, text
+    assert "Logging error" not in text and "Traceback" not in text, text
+    assert '"GET /api/v1/tray?token=[redacted]&page=2 HTTP/1.1" 401' in text, text
+    assert '"GET /healthz?token=[redacted] HTTP/1.1" 200' in text, text
+    assert '"WebSocket /ws?token=[redacted]"' in text, text

@@ -362,6 +362,22 @@ def test_live_updates_over_a_fake_socket(server: str, page: Any) -> None:
         )
         page.keyboard.press("Escape")
         expect(page.get_by_test_id("ring-erin")).to_have_attribute("data-unseen", "false")
+        sent_seen = f"{last}.sent.filter(f => f.op === 'seen').map(f => f.item)"
+        assert page.evaluate(sent_seen) == [erin["first_unseen_id"]]  # one op, the item shown
+
+        # A seen is a view of the item shown. bob's item 2 was seen on another device, so
+        # the read pointer covers both items and his ring opens at item 1: showing it
+        # reports item 1 (seen by the pointer, never viewed); item 2, not shown, is not.
+        first, second = page.evaluate("storiesClient.get('/users/bob/stories')")["items"]
+        page.evaluate(f"storiesClient.post('/stories/{second['id']}/seen')")
+        page.get_by_test_id("ring-bob").click()
+        expect(page.get_by_test_id("viewer").locator(".stage img")).to_have_attribute(
+            "alt", first["caption"]
+        )
+        page.wait_for_function(f"{sent_seen}.includes({json.dumps(first['id'])})")
+        page.keyboard.press("Escape")  # before the photo's 5 s are up: item 2 is never shown
+        expect(page.get_by_test_id("viewer")).to_be_hidden()
+        assert page.evaluate(sent_seen) == [erin["first_unseen_id"], first["id"]]
 
         # The creator's panel follows story.viewed / view_count / reaction / reply.
         post_photo(page, "Watch me")

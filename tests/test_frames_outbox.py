@@ -101,3 +101,23 @@ def test_a_client_cannot_fill_the_log_with_utf8_tracebacks():
     assert record.exc_info is None and record.levelno == logging.INFO
     other = logging.LogRecord("uvicorn.error", logging.ERROR, "", 0, "boom", (), exc_info)
     assert RedactTokens().filter(other) and other.exc_info is exc_info, "other tracebacks stay"
+
+
+def test_redaction_keeps_the_shape_of_log_args():
+    import logging
+
+    from server.redact import RedactTokens
+
+    def record(msg: str, args: object) -> logging.LogRecord:
+        rec = logging.LogRecord("uvicorn.access", 20, "", 0, msg, None, None)
+        rec.args = args  # type: ignore[assignment]
+        assert RedactTokens().filter(rec)
+        return rec
+
+    access = record(
+        '%s - "%s %s HTTP/%s" %d', ("127.0.0.1:5", "GET", "/x?token=abc&y=1", "1.1", 401)
+    )
+    assert access.args == ("127.0.0.1:5", "GET", "/x?token=[redacted]&y=1", "1.1", 401)
+    assert record("%(path)s", {"path": "/ws?token=abc"}).getMessage() == "/ws?token=[redacted]"
+    assert record("GET /?token=abc", ()).getMessage() == "GET /?token=[redacted]"
+    assert record("?token=%s&x=%d", ("eyJ.a.b", 3)).getMessage() == "?token=[redacted]&x=3"

@@ -40,6 +40,26 @@ async def test_hello_snapshot_new_story_and_seen_by(live):
         await c.close()
 
 
+async def test_one_seen_sends_the_owner_one_story_viewed_for_the_item_shown(live):
+    """A viewer opening bob's ring at item 4 is a viewer of item 4, not of items 1-3."""
+    bob, alice = Client(live, "bob"), Client(live, "alice")
+    await alice.http.put(f"/me/following/{bob.id}")
+    items = [await bob.post_photo() for _ in range(4)]
+    b_sock, a_sock = await bob.socket(), await alice.socket()
+    await a_sock.send(op="seen", item=items[-1]["id"])
+    await a_sock.send(op="ping")
+    await a_sock.next("pong")
+    events = await b_sock.drain(0.8)  # past the 250 ms view-count window
+    viewed = [(e["item_id"], e["view_count"]) for e in events if e["type"] == "story.viewed"]
+    assert viewed == [(items[-1]["id"], 1)]
+    counts = {e["item_id"] for e in events if e["type"] == "story.view_count"}
+    assert counts == {items[-1]["id"]}
+    for s in (a_sock, b_sock):
+        await s.close()
+    for c in (alice, bob):
+        await c.close()
+
+
 async def test_seen_on_one_device_updates_the_other(live):
     bob, alice = Client(live, "bob"), Client(live, "alice")
     await alice.http.put(f"/me/following/{bob.id}")

@@ -15,7 +15,8 @@ judged against the model of the graph and items after that step:
   they may not see (`server.audience.can_see`; tray entries only for followed,
   not hidden owners), and every tray entry shows exactly the visible items;
 - every connected viewer allowed to see a new item gets story.new for it (and
-  story.removed for a deleted one); the owner's seen-by goes to the owner only;
+  story.removed for a deleted one); the owner's seen-by goes to the owner only,
+  one story.viewed for the item marked seen (never for the earlier ones it covers);
 - at the end, each connection's tray (snapshot, then tray.update/tray.remove in
   order) equals `reader.tray(user)` — which itself equals the model.
 """
@@ -280,6 +281,7 @@ async def run_scenario(redis_url: str, root: Path, sc: dict[str, Any]) -> None:
         posted: dict[int, tuple[str, str, str]] = {}  # step → item id, owner, audience
         deleted: dict[int, tuple[str, str, str]] = {}
         viewed: dict[int, list[tuple[str, str]]] = {}  # step → [(owner, item id)]
+        views: set[tuple[str, str]] = set()  # (viewer, item id) already viewed
         for step, op in enumerate(sc["steps"]):
             for r in recs:
                 r.step = step
@@ -303,13 +305,11 @@ async def run_scenario(redis_url: str, root: Path, sc: dict[str, Any]) -> None:
                         await svc.seen.mark_seen(viewer, iid)
                 else:
                     await svc.seen.mark_seen(viewer, iid)
-                    if viewer["id"] != owner_id:
+                    if viewer["id"] != owner_id:  # a view of the item shown, once per viewer
                         prev = m.seen.get((viewer["id"], owner_id), 0)
-                        viewed[step] = [
-                            (owner_id, i)
-                            for i, (o, s, a) in m.items.items()
-                            if o == owner_id and prev < s <= seq and can_see(rel, a)
-                        ]
+                        if (viewer["id"], iid) not in views:
+                            viewed[step] = [(owner_id, iid)]
+                            views.add((viewer["id"], iid))
                         m.seen[(viewer["id"], owner_id)] = max(prev, seq)
             elif op[0] == "graph":
                 _, kind, (a, b), on = op
