@@ -12,11 +12,37 @@ A request larger than the whole budget can never be served and is refused at onc
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 MIB = 1024 * 1024
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
+MMAP_THRESHOLD_BYTES = 1 * MIB
+
+
+def return_freed_buffers_to_the_os() -> bool:
+    """Make every allocation >= 1 MiB its own mapping, unmapped again when freed (glibc only).
+
+    glibc serves large blocks from mmap only above a threshold that it raises
+    (up to 32 MiB) each time such a block is freed; after that, decode buffers
+    (Pillow's 16 MiB blocks, FFmpeg frames, libwebp canvases) come from the
+    threads' arenas, and what a finished job freed stays in RSS while the next
+    job, on another thread, maps fresh memory. Pinning the threshold
+    (`mallopt(M_MMAP_THRESHOLD)`, which also stops it moving) keeps RSS at what
+    the running jobs hold, which is what the budget counts. Returns False where
+    there is no glibc `mallopt` (musl, macOS): the budget still holds, RSS may not.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 class OverBudget(ValueError):

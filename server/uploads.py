@@ -35,7 +35,7 @@ from server.errors import (
     field_error,
 )
 from server.media import MediaLimits, ProcessedMedia, estimate_bytes, process_media
-from server.membudget import MIB, MemoryBudget
+from server.membudget import MIB, MemoryBudget, return_freed_buffers_to_the_os
 
 COPY_CHUNK = 1024 * 1024
 
@@ -47,6 +47,7 @@ class MediaPool:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="media")
         self.estimator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="media-estimate")
         self.budget = MemoryBudget(memory_budget_bytes)
+        return_freed_buffers_to_the_os()
         self.capacity = workers + queue
         self.inflight = 0
 
