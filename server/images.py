@@ -49,9 +49,12 @@ STRIP_BYTES = 4 * 1024 * 1024  # full-size rows converted at a time while reduci
 PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # What a decoder holds beside Pillow's buffer at its peak, bytes per pixel, measured
 # with `tests/test_memory.py` (VmHWM): libwebp's animation decoder keeps two
-# RGBA canvases and hands Pillow a third copy as `bytes`; libheif and libavif
-# decode into planes and an interleaved buffer that Pillow then copies.
-DECODER_BYTES_PER_PIXEL = {"WEBP": 12, "HEIF": 6, "AVIF": 6}
+# RGBA canvases and hands Pillow a third copy as `bytes`; libavif decodes into
+# YUV(A) planes (up to 12 bits: 2 bytes a sample) and an RGBA buffer that Pillow
+# then copies (Pillow does not say the bit depth: the worst case is taken).
+# HEIF is computed from its header by `_heif_decoder_bytes`.
+DECODER_BYTES_PER_PIXEL = {"WEBP": 12, "AVIF": 12}
+CHROMA_PLANES = {420: 0.5, 422: 1.0, 444: 2.0}  # both chroma planes, as a share of luma
 ORIENTATION_TURNS = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -112,11 +115,32 @@ def decode_bytes(im: Image.Image, long_side: int) -> int:
     """
     width, height = im.size
     pixels = width * height
-    full = pixels * (PIXEL_BYTES.get(im.mode, 4) + DECODER_BYTES_PER_PIXEL.get(im.format or "", 0))
+    decoder = (
+        _heif_decoder_bytes(im)
+        if im.format == "HEIF"
+        else DECODER_BYTES_PER_PIXEL.get(im.format or "", 0)
+    )
+    full = math.ceil(pixels * (PIXEL_BYTES.get(im.mode, 4) + decoder))
     factor = reduce_factor(im.size, long_side)
     reduced = math.ceil(width / factor) * math.ceil(height / factor) * 4
     final = min(pixels, long_side * long_side) * 4
     return full + reduced + 2 * final + 2 * STRIP_BYTES
+
+
+def _heif_decoder_bytes(im: Image.Image) -> float:
+    """Bytes per pixel libheif holds beside Pillow's buffer while `pillow_heif` decodes `im`.
+
+    The decoded planes (luma, chroma as subsampled, alpha; 2 bytes a sample
+    above 8 bits), the 8-bit interleaved RGB(A) that Pillow copies from, and,
+    above 8 bits, the 16-bit interleaved image libheif converts from
+    (`pillow_heif` opens with `convert_hdr_to_8bit=True`). `im.info` carries
+    `bit_depth` and `chroma` (420/422/444; unknown counts as 444).
+    """
+    sample = 2 if int(im.info.get("bit_depth") or 8) > 8 else 1
+    bands = len(im.getbands())
+    alpha = 1 if "A" in im.getbands() else 0
+    planes = sample * (1 + CHROMA_PLANES.get(im.info.get("chroma") or 444, 2.0) + alpha)
+    return planes + bands + (2 * bands if sample == 2 else 0)
 
 
 def _jpeg_coefficient_bytes(im: Image.Image) -> int:

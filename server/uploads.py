@@ -13,6 +13,7 @@ with 422. So the jobs running at once never hold more than the budget.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -63,7 +64,9 @@ class MediaPool:
         self.inflight += 1
         try:
             loop = asyncio.get_running_loop()
-            need = await loop.run_in_executor(self.estimator, estimate_bytes, src, limits)
+            reading = min(2 * os.stat(src).st_size, self.budget.total_bytes)
+            async with self.budget.hold(reading):  # Pillow reads a WebP whole; libwebp copies it
+                need = await loop.run_in_executor(self.estimator, estimate_bytes, src, limits)
             if need > self.budget.total_bytes:
                 raise InvalidMedia(
                     f"processing this file needs about {need // MIB} MiB of memory; uploads may"

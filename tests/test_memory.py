@@ -144,6 +144,17 @@ def _video(codec: str, ext: str, frames: int, **options: str) -> Maker:
     return make
 
 
+def _heic_10_bit(folder: Path, size: tuple[int, int]) -> Path:
+    """A 10-bit 4:4:4 HEIC (HDR phone photos are 10-bit): libheif's largest buffers."""
+    import pillow_heif
+
+    path = folder / f"{size[0]}x{size[1]}-10bit.heic"
+    row = bytes(range(256)) * (size[0] * 6 // 256 + 2)
+    data = b"".join(row[y % 7 * 2 : y % 7 * 2 + size[0] * 6] for y in range(size[1]))
+    pillow_heif.from_bytes(mode="RGB;16", size=size, data=data).save(path, quality=50, chroma=444)
+    return path
+
+
 # name -> (how to make it, the big size measured); each is warmed up on a 64x64 twin
 CASES: dict[str, tuple[Maker, tuple[int, int]]] = {
     "png-rgba": (_image("RGBA", ".png", compress_level=9), (4000, 4000)),
@@ -151,6 +162,7 @@ CASES: dict[str, tuple[Maker, tuple[int, int]]] = {
     "jpeg-progressive": (_image("RGB", ".jpg", quality=90, progressive=True), (6000, 4000)),
     "webp-lossless-rgba": (_image("RGBA", ".webp", lossless=True, method=0), (3000, 3000)),
     "heic": (_image("RGB", ".heic", quality=50), (3000, 2000)),
+    "heic-10-bit-444": (_heic_10_bit, (2500, 2500)),
     "h264-16-refs": (
         _video("libx264", ".mp4", 24, preset="ultrafast", **{"x264-params": "ref=16:bframes=3"}),
         (1920, 1080),
@@ -161,7 +173,7 @@ CASES: dict[str, tuple[Maker, tuple[int, int]]] = {
     ),
 }
 if images.AVIF_AVAILABLE:
-    CASES["avif-rgba"] = (_image("RGBA", ".avif", quality=50, speed=10), (2000, 2000))
+    CASES["avif-rgba"] = (_image("RGBA", ".avif", quality=50, speed=10), (4000, 4000))
 
 MEASURE = textwrap.dedent(
     """
