@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from server import images, video
+from server import images, video, video_memory
 from server.errors import InvalidMedia, PayloadTooLarge, UnsupportedMedia
 
 HEAD_BYTES = 200  # enough for two MPEG-TS sync bytes (188- or 192-byte packets)
@@ -136,12 +136,7 @@ def process_media(src: Path, workdir: Path, limits: MediaLimits) -> ProcessedMed
     `UnsupportedMedia` (415) or `InvalidMedia` (422: corrupt, truncated,
     too many pixels, too long).
     """
-    size = src.stat().st_size
-    if size > limits.max_bytes:
-        raise PayloadTooLarge(f"file is {size} bytes; the limit is {limits.max_bytes}")
-    if size == 0:
-        raise InvalidMedia("file is empty")
-    fmt = _read_format(src)
+    fmt = _checked_format(src, limits)
     token = secrets.token_hex(8)
     try:
         if fmt in IMAGE_FORMATS:
@@ -150,6 +145,33 @@ def process_media(src: Path, workdir: Path, limits: MediaLimits) -> ProcessedMed
     except BaseException:
         _remove_outputs(workdir, token)
         raise
+
+
+def estimate_bytes(src: Path, limits: MediaLimits) -> int:
+    """Upper bound of the memory `process_media(src, ..., limits)` holds, bytes.
+
+    From the file's header only: no pixel is decoded (see `images.estimate_bytes`
+    and `video_memory.estimate_bytes`). Raises what `process_media` raises for
+    a file refused by its size, type, header or pixel count.
+    """
+    fmt = _checked_format(src, limits)
+    if fmt in IMAGE_FORMATS:
+        return images.estimate_bytes(
+            src, max_pixels=limits.max_pixels, long_side=limits.max_long_side_px
+        )
+    return video_memory.estimate_bytes(
+        src, max_pixels=limits.max_pixels, max_long_side_px=limits.max_long_side_px
+    )
+
+
+def _checked_format(src: Path, limits: MediaLimits) -> str:
+    """`_read_format`, after refusing empty files and files over `limits.max_bytes`."""
+    size = src.stat().st_size
+    if size > limits.max_bytes:
+        raise PayloadTooLarge(f"file is {size} bytes; the limit is {limits.max_bytes}")
+    if size == 0:
+        raise InvalidMedia("file is empty")
+    return _read_format(src)
 
 
 def _process_image(src: Path, workdir: Path, token: str, limits: MediaLimits) -> ProcessedMedia:

@@ -110,7 +110,8 @@ class Services:
             settings=settings, store=store, auth=Authenticator(settings), writer=writer,
             reader=reader, seen=SeenBook(store, reader), rollout=Rollout(redis, keys.rollout()),
             idempotency=Idempotency(redis, keys),
-            media=MediaPool(settings.media_workers, settings.media_queue),
+            media=MediaPool(settings.media_workers, settings.media_queue,
+                             settings.media_memory_budget_bytes),
             sweeper=Sweeper(store, writer), hub=hub, broker=broker, captures=captures,
         )  # fmt: skip
         hub.bind(broker)

@@ -75,6 +75,7 @@ class Settings:
     max_long_side_px: int = 1920  # images (and transcoded video) are scaled down to this
     media_workers: int = 2  # threads for image/video processing
     media_queue: int = 8  # media jobs waiting beyond the workers; beyond: 503
+    media_memory_budget_bytes: int = 1024**3  # bytes media jobs hold at once; one needing more: 422
     media_secret: str | None = None  # HMAC key of media URLs; None: generated into data_dir
     # --- live capture ---
     capture_max_duration_ms: int = 15_000  # cap per captured segment, at most 60000
@@ -113,7 +114,7 @@ POSITIVE = (
     "posts_per_minute", "messages_per_minute", "seen_per_minute", "graph_changes_per_minute",
     "edits_per_minute", "dev_logins_per_minute", "admin_writes_per_minute", "max_caption_chars", "max_reply_chars",
     "sweep_interval_s", "max_upload_bytes", "max_video_ms", "max_pixels", "max_long_side_px",
-    "media_workers", "capture_max_concurrent", "ws_send_queue_bytes", "ws_max_frame_bytes",
+    "media_workers", "media_memory_budget_bytes", "capture_max_concurrent", "ws_send_queue_bytes", "ws_max_frame_bytes",
     "ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_ops_per_second",
     "ws_drain_timeout_s", "dev_token_ttl_s", "workers",
 )  # fmt: skip

@@ -43,10 +43,12 @@ EXACT_DURATION = frozenset({"mp4", "mov"})
 # Containers whose stated duration is trusted (MPEG-PS/TS durations are estimates).
 TRUSTED_DURATION = EXACT_DURATION | {"webm", "matroska"}
 LOCATION_KEYS = ("location", "location-eng", "com.apple.quicktime.location.iso6709")
-X264_OPTIONS = {"preset": "veryfast", "crf": "23"}
+# threads capped so that the encoder's memory does not grow with the machine (video_memory.py)
+X264_OPTIONS = {"preset": "veryfast", "crf": "23", "threads": str(min(8, os.cpu_count() or 1))}
 AUDIO_RATE = 48_000
 # counter-clockwise degrees -> FFmpeg filters ("name=args") that turn the picture upright
 TRANSPOSE = {90: ["transpose=cclock"], 180: ["hflip", "vflip"], 270: ["transpose=clock"]}
+FIRST_FRAME_LONG_SIDE = 1280  # the poster is 640: twice that for its Lanczos pass
 TURNS = {
     90: Image.Transpose.ROTATE_90,
     180: Image.Transpose.ROTATE_180,
@@ -70,7 +72,7 @@ class VideoInfo:
     extra_streams: int  # streams beyond one video and one audio (data, subtitles, ...)
     has_location: bool  # container metadata carries a GPS location
     faststart: bool  # MP4/MOV: moov before mdat; True for other containers
-    first_frame: Image.Image  # first decoded picture, upright RGB, display aspect
+    first_frame: Image.Image  # first picture, upright RGB, display aspect, long side <= 1280
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -190,7 +192,7 @@ def _audio_stream(inp: InputContainer) -> AudioStream | None:
 
 
 def _first_frame(inp: InputContainer, stream: VideoStream) -> VideoFrame:
-    stream.thread_type = "AUTO"
+    stream.thread_type = "SLICE"  # frame threads would each hold frames: one is all we need
     for frame in inp.decode(stream):
         return frame
     raise InvalidMedia("video has no decodable frame")
@@ -218,18 +220,25 @@ def _describe(
         extra_streams=len(inp.streams) - 1 - (1 if audio_stream is not None else 0),
         has_location=any(key in metadata for key in LOCATION_KEYS),
         faststart=_moov_first(path) if container in EXACT_DURATION else True,
-        first_frame=upright_image(frame, sar, rotation),
+        first_frame=upright_image(frame, sar, rotation, long_side=FIRST_FRAME_LONG_SIDE),
     )
 
 
-def upright_image(frame: VideoFrame, sar: Fraction, rotation: int) -> Image.Image:
-    """`frame` as an upright RGB Pillow image with square pixels.
+def upright_image(
+    frame: VideoFrame, sar: Fraction, rotation: int, *, long_side: int | None = None
+) -> Image.Image:
+    """`frame` as an upright RGB Pillow image with square pixels, long side <= `long_side`.
 
     `rotation` is counter-clockwise degrees (0/90/180/270), as `VideoFrame.rotation`.
+    Scaling (aspect correction and `long_side`) happens in swscale on the way
+    from YUV to RGB, so no full-size RGB copy of a huge frame is ever made.
     """
+    width, height = max(1, round(frame.width * sar)), frame.height
+    scale = min(1.0, long_side / max(width, height)) if long_side else 1.0
+    size = max(1, round(width * scale)), max(1, round(height * scale))
+    if size != (frame.width, frame.height):
+        frame = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
     image: Image.Image = frame.to_image()
-    if sar != 1:
-        image = image.resize((max(1, round(image.width * sar)), image.height))
     return image.transpose(TURNS[rotation]) if rotation in TURNS else image
 
 
@@ -308,7 +317,7 @@ class _Transcoder:
     ) -> None:
         self.inp, self.out = inp, out
         self.vin = _video_stream(inp)
-        self.vin.thread_type = "AUTO"
+        self.vin.thread_type = "SLICE"  # frame threads each hold whole frames (see estimate)
         self.ain = _audio_stream(inp)
         self.start = Fraction(inp.start_time or 0, 1_000_000)  # seconds
         self.vout = _video_output(out, self.vin, size)
