@@ -253,6 +253,10 @@ def test_tray_viewer_seen_and_upload(server: str, page: Any) -> None:
         expect(viewer).to_be_visible()
         expect(page.get_by_test_id("progress").locator(".seg")).to_have_count(2)
         expect(viewer.locator(".stage img")).to_have_attribute("alt", "Launch day!")
+        # Only a displayed item counts as viewed: wait for the photo to load before moving on.
+        viewer.locator(".stage img").evaluate(
+            "img => img.complete || new Promise(r => img.addEventListener('load', r))"
+        )
         page.keyboard.press("ArrowRight")
         expect(viewer.locator(".stage video")).to_have_count(1)
         expect(viewer.locator(".stage video")).to_have_attribute("aria-label", "City lights")
