@@ -135,6 +135,8 @@ def serve(settings: Settings) -> int:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from server.drain import UVICORN_GRACE_S
+
     with redis_for(settings) as url:
         settings.redis_url = url
         version = check_redis(url)
@@ -147,7 +149,7 @@ def _serve(settings: Settings) -> None:
         uvicorn.run(
             "server.app:app_from_env", factory=True, host=settings.host, port=settings.port,
             workers=settings.workers if settings.workers > 1 else None, log_level=settings.log_level,
-            ws="websockets-sansio", timeout_graceful_shutdown=int(settings.ws_drain_timeout_s),
+            ws="websockets-sansio", timeout_graceful_shutdown=UVICORN_GRACE_S,
             ws_max_size=settings.ws_max_frame_bytes,
             ws_per_message_deflate=settings.ws_per_message_deflate, ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_idle_timeout_s - settings.ws_ping_interval_s,

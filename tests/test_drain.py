@@ -1,0 +1,226 @@
+"""SIGTERM drain of a real server process with clients that obey the retry hint.
+
+`python -m server serve` (embedded Redis, tmp data dir, free port) holds a few
+hundred real WebSocket clients (the `websockets` library) that reconnect the way
+`client_demo/stories-client.js` does (`closePlan`): after a 1012 they wait the
+server's `retry_after_ms` plus jitter; after a refused handshake they back off
+exponentially. One more client completes the handshake and then never reads
+again, so it never answers the closing handshake. Then SIGTERM, and:
+
+- `/readyz` is 503 at once, and a new handshake gets HTTP 503 with Retry-After;
+  no reconnect is accepted again (each gets 503 while the process drains, or a
+  refused TCP connect once it stopped listening);
+- every socket, the deaf one too, got a close frame 1012 with
+  `{"retry_after_ms"}` in the configured window (no 1006);
+- the deaf socket did not hold the drain: the process ended, by the signal, within
+  `ws_drain_timeout_s` + a generous margin, and its embedded redis-server is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import psutil
+import websockets
+
+from server.auth import Authenticator
+from server.settings import Settings
+from tests.test_push_processes import JWT_SECRET, ServerProcess, shared_env
+
+CLIENTS = 300
+DRAIN_S, BASE_MS, SPREAD_MS = 4, 500, 1000
+MARGIN_S = 6.0  # a bound for a loaded 2-core machine, not a measurement (bench/fanout.py)
+
+
+def close_plan_ms(code: int, reason: str, attempt: int) -> int:
+    """The wait before reconnecting, as `closePlan` in client_demo/stories-client.js."""
+    if code == 1012:
+        try:
+            suggested = min(int(orjson.loads(reason)["retry_after_ms"]), 300_000)
+        except (ValueError, KeyError, TypeError):
+            return 500 + random.randrange(4500)
+        return suggested + random.randrange(max(250, suggested // 4))
+    return int(random.random() * min(30_000, 500 * 2**attempt))  # backoffDelay
+
+
+@dataclass
+class Obedient:
+    """One client: its first socket's close, then what each reconnect attempt met."""
+
+    url: str
+    first_close: tuple[int, str] | None = None  # None: no close frame (1006)
+    outcomes: list[str] = field(default_factory=list)  # "503", "refused", "101", ...
+    retry_after: list[str] = field(default_factory=list)  # Retry-After of the 503s
+
+    async def connect(self) -> websockets.ClientConnection:
+        ws = await websockets.connect(self.url, open_timeout=30, max_size=None)
+        while '"tray.snapshot"' not in str(await ws.recv()):
+            pass
+        return ws
+
+    async def follow(self, ws: websockets.ClientConnection, stop: asyncio.Event) -> None:
+        """Read until the server closes, then reconnect as the demo client does until `stop`."""
+        try:
+            while True:
+                await ws.recv()
+        except websockets.ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            self.first_close = (rcvd.code, rcvd.reason) if rcvd else None
+        code, reason = self.first_close or (1006, "")
+        attempt = 0
+        delay_ms = close_plan_ms(code, reason, attempt)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay_ms / 1000)
+            if stop.is_set():
+                return
+            await self._retry()
+            attempt += 1
+            delay_ms = close_plan_ms(1006, "", attempt)  # a browser sees 1006 for a refusal
+
+    async def _retry(self) -> None:
+        try:
+            again = await websockets.connect(self.url, open_timeout=10)
+        except websockets.InvalidStatus as exc:
+            self.outcomes.append(str(exc.response.status_code))
+            self.retry_after.append(exc.response.headers.get("Retry-After", ""))
+        except OSError:
+            self.outcomes.append("refused")
+        except (TimeoutError, websockets.InvalidHandshake) as exc:
+            self.outcomes.append(type(exc).__name__)
+        else:
+            self.outcomes.append("101")
+            await again.close()
+
+
+def deaf_socket(port: int, token: str) -> socket.socket:
+    """A raw client that completes the handshake, then never reads or answers again."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .encode()
+    )  # fmt: skip
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head[:200]
+    return sock
+
+
+def close_frame_in(sock: socket.socket, wait_s: float) -> tuple[int, str] | None:
+    """Read what the server sent until it closed the TCP connection; its close frame, if any."""
+    sock.settimeout(wait_s)
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    found = None
+    while len(data) >= 2:  # server frames are unmasked
+        opcode, n, head = data[0] & 0x0F, data[1] & 0x7F, 2
+        if n == 126:
+            n, head = int.from_bytes(data[2:4], "big"), 4
+        elif n == 127:
+            n, head = int.from_bytes(data[2:10], "big"), 10
+        payload, data = data[head : head + n], data[head + n :]
+        if opcode == 8 and len(payload) >= 2:
+            found = (int.from_bytes(payload[:2], "big"), payload[2:].decode())
+    return found
+
+
+async def readyz_after_sigterm(url: str) -> tuple[int | str, httpx.Response | None]:
+    """The first /readyz answer that is not 200 (or the error met), polled for at most 1 s."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                r = await http.get(url + "/readyz")
+            except httpx.HTTPError as exc:
+                return type(exc).__name__, None
+            if r.status_code != 200 or time.monotonic() > deadline:
+                return r.status_code, r
+            await asyncio.sleep(0.02)
+
+
+async def fresh_handshake(ws_url: str, token: str) -> tuple[int, str]:
+    """A new client's handshake after SIGTERM: the HTTP status and Retry-After it saw."""
+    try:
+        ws = await websockets.connect(f"{ws_url}?token={token}", open_timeout=10)
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code, exc.response.headers.get("Retry-After", "")
+    await ws.close()
+    return 101, ""
+
+
+async def test_sigterm_with_reconnecting_clients(tmp_path: Path) -> None:
+    env = {**shared_env(), "STORIES_WS_DRAIN_TIMEOUT_S": str(DRAIN_S),
+           "STORIES_WS_RECONNECT_BASE_MS": str(BASE_MS),
+           "STORIES_WS_RECONNECT_SPREAD_MS": str(SPREAD_MS)}  # fmt: skip
+    srv = ServerProcess(tmp_path, "drain", env)
+    try:
+        srv.wait_ready()
+        redis_pids = [c.pid for c in psutil.Process(srv.proc.pid).children(True)
+                      if "redis" in c.name()]  # fmt: skip
+        auth = Authenticator(Settings(jwt_secret=JWT_SECRET, data_dir=str(tmp_path)))
+        now = int(time.time())
+        tokens = [auth.mint(f"drain{n:04d}", now) for n in range(CLIENTS + 2)]
+        clients = [Obedient(f"{srv.endpoint.ws_url}?token={t}") for t in tokens[:CLIENTS]]
+        gate = asyncio.Semaphore(32)
+
+        async def first(c: Obedient) -> websockets.ClientConnection:
+            async with gate:
+                return await c.connect()
+
+        socks = await asyncio.gather(*(first(c) for c in clients))
+        deaf = deaf_socket(srv.port, tokens[CLIENTS])
+        await asyncio.sleep(0.5)  # the deaf socket's sign-in, hello and snapshot
+        stop = asyncio.Event()
+        follows = [asyncio.create_task(c.follow(s, stop)) for c, s in zip(clients, socks, strict=True)]  # fmt: skip
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        ready, (status, retry_after) = await asyncio.gather(
+            readyz_after_sigterm(srv.endpoint.url),
+            fresh_handshake(srv.endpoint.ws_url, tokens[CLIENTS + 1]),
+        )
+        assert ready[0] == 503 and ready[1] is not None, ready
+        assert ready[1].headers["Retry-After"], ready[1].headers
+        assert ready[1].json()["checks"]["accepting"] == "draining", ready[1].text
+        assert status == 503 and int(retry_after) >= 1, (status, retry_after)
+        deaf_close = await asyncio.to_thread(close_frame_in, deaf, DRAIN_S + MARGIN_S)
+        while srv.proc.poll() is None and time.monotonic() < started + DRAIN_S + MARGIN_S:
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+        assert srv.proc.poll() is not None, f"still running {elapsed:.1f} s after SIGTERM"
+        assert srv.proc.returncode == -signal.SIGTERM, srv.output()
+        await asyncio.sleep(0.3)  # reconnects now meet a closed port
+        stop.set()
+        await asyncio.gather(*follows)
+
+        closes = [c.first_close for c in clients] + [deaf_close]
+        assert all(c is not None for c in closes), f"{closes.count(None)} sockets ended 1006"
+        for code, reason in closes:  # type: ignore[misc]
+            assert code == 1012, (code, reason)
+            assert BASE_MS <= orjson.loads(reason)["retry_after_ms"] < BASE_MS + SPREAD_MS
+        outcomes = [o for c in clients for o in c.outcomes]
+        assert "101" not in outcomes, f"{outcomes.count('101')} reconnects accepted while draining"
+        assert set(outcomes) <= {"503", "refused"}, set(outcomes)
+        assert outcomes.count("503") >= CLIENTS // 2, "most came back during the drain"
+        assert all(int(r) >= 1 for c in clients for r in c.retry_after)
+        still = [p for p in redis_pids
+                 if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+        assert not still, "the embedded redis-server outlived the server"
+        deaf.close()
+    finally:
+        srv.stop()
