@@ -33,14 +33,65 @@ import httpx
 import orjson
 import psutil
 import websockets
+from starlette.websockets import WebSocket
 
 from server.auth import Authenticator
+from server.drain import TEARDOWN_S, Budget, refuse, retry_after_s, retry_reason
 from server.settings import Settings
 from tests.test_push_processes import JWT_SECRET, ServerProcess, shared_env
 
 CLIENTS = 300
 DRAIN_S, BASE_MS, SPREAD_MS = 4, 500, 1000
 MARGIN_S = 6.0  # a bound for a loaded 2-core machine, not a measurement (bench/fanout.py)
+
+
+# ---- the pure parts ------------------------------------------------------------------
+
+
+def test_budget_deadlines_follow_the_drain_timeout() -> None:
+    b = Budget(started=100.0, timeout_s=10.0)
+    assert (b.flush_by, b.sockets_by, b.teardown_by) == (105.0, 110.0, 110.0 + TEARDOWN_S)
+    assert b.left(5.0, now=100.0) == 5.0  # a step's own cap when there is time
+    assert b.left(5.0, now=110.0) == TEARDOWN_S  # what is left of the margin
+    assert b.left(5.0, now=200.0) == 0.1  # late: a short try, not a long wait
+
+
+def test_retry_reason_spans_base_plus_spread() -> None:
+    s = Settings(ws_reconnect_base_ms=1000, ws_reconnect_spread_ms=5000)
+    assert orjson.loads(retry_reason(s, lambda n: 0)) == {"retry_after_ms": 1000}
+    assert orjson.loads(retry_reason(s, lambda n: n - 1)) == {"retry_after_ms": 5999}
+    assert retry_after_s(s) == 1
+    assert retry_after_s(Settings(ws_reconnect_base_ms=1500)) == 2
+    assert retry_after_s(Settings(ws_reconnect_base_ms=0)) == 1
+
+
+async def _refusal(extensions: dict[str, object]) -> list[dict[str, object]]:
+    """What `refuse` sends through ASGI for a handshake on a server with `extensions`."""
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [], "extensions": extensions}
+    await refuse(WebSocket(scope, receive, send), Settings(ws_reconnect_base_ms=2500))  # type: ignore[arg-type]
+    return sent
+
+
+async def test_refuse_answers_503_with_retry_after_or_closes_before_accept() -> None:
+    start, body = await _refusal({"websocket.http.response": {}})
+    assert start["type"] == "websocket.http.response.start" and start["status"] == 503
+    headers = dict(start["headers"])  # type: ignore[arg-type]
+    assert headers[b"retry-after"] == b"3"
+    assert headers[b"content-type"] == b"application/problem+json"
+    assert orjson.loads(body["body"])["type"].endswith("/restarting")  # type: ignore[arg-type]
+    # no denial extension: closed before accept (uvicorn would answer 403)
+    assert [m["type"] for m in await _refusal({})] == ["websocket.close"]
+
+
+# ---- a real process ---------------------------------------------------------------------
 
 
 def close_plan_ms(code: int, reason: str, attempt: int) -> int:
