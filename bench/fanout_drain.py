@@ -93,6 +93,12 @@ class Book:
         self.rand = random.Random()
         self.retry_after: Counter[str] = Counter()
         self.deaf_socks: list[Sock] = []
+        self.met_at: dict[str, list[float]] = {}  # outcome → wall times it was met
+
+    def met(self, user: User, outcome: str) -> None:
+        """Count what one reconnect attempt met, and when."""
+        user.outcomes[outcome] += 1
+        self.met_at.setdefault(outcome, []).append(time.time())
 
     def schedule(self, user: User, delay_ms: int) -> None:
         if self.reconnect and self.armed and not user.deaf:
@@ -111,7 +117,7 @@ class Book:
         except (OSError, TimeoutError) as exc:
             if first:
                 raise
-            user.outcomes["refused" if isinstance(exc, ConnectionRefusedError) else "timeout"] += 1
+            self.met(user, "refused" if isinstance(exc, ConnectionRefusedError) else "timeout")
             user.attempt += 1
             self.schedule(user, close_plan_ms(1006, b"", user.attempt, self.rand))
             return None
@@ -135,7 +141,7 @@ class Sock(WSClient):
             self.accepted = b" 101 " in self.status
             if not self.first:
                 code = self.status.split(b" ")[1].decode() if b" " in self.status else "?"
-                self.user.outcomes[code] += 1
+                self.book.met(self.user, code)
                 if m := RETRY_AFTER_RE.search(data):
                     self.book.retry_after[m[1].decode()] += 1
         super().data_received(data)
@@ -152,7 +158,7 @@ class Sock(WSClient):
         if not self.accepted:
             if not self.first:
                 if self.status is None:
-                    user.outcomes["reset"] += 1
+                    self.book.met(user, "reset")
                 user.attempt += 1
                 self.book.schedule(user, close_plan_ms(1006, b"", user.attempt, self.book.rand))
             return
@@ -240,6 +246,7 @@ def _report(users: list[User], book: Book) -> dict[str, Any]:
         "later_close_codes": dict(Counter(str(c) for u in users for _, c in u.closes[1:])),
         "reconnects": dict(sum((u.outcomes for u in users), Counter())),
         "retry_after_s": dict(book.retry_after),
+        "met_at": book.met_at,
     }
 
 
@@ -404,6 +411,8 @@ async def run_one(kind: str, args: Any, tokens: list[str], tmp: Path) -> dict[st
         fh.seek(log_at)
         log_lines = [ln for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
     closes = _spread([t for r in reports for t in r["first_close_times"]], t_sig)
+    met_when = {k: _spread([t for r in reports for t in r["met_at"].get(k, [])], t_sig)
+                for k in sorted({k for r in reports for k in r["met_at"]})}  # fmt: skip
     out = {
         "kind": kind, "sockets": n, "deaf": deaf, "ws_drain_timeout_s": timeout_s,
         "teardown_margin_s": TEARDOWN_S, "connect_s": round(connect_s, 1),
@@ -413,6 +422,7 @@ async def run_one(kind: str, args: Any, tokens: list[str], tmp: Path) -> dict[st
         "deaf_close_codes": _merge(reports, "deaf_close_codes"),
         "still_open_at_report": sum(r["still_open"] for r in reports),
         "reconnects": _merge(reports, "reconnects"),
+        "reconnects_when": met_when,
         "later_close_codes": _merge(reports, "later_close_codes"),
         "retry_after_s": _merge(reports, "retry_after_s"),
         "readyz": readyz, "handshake": handshake, "embedded_redis_left": len(redis_left),
@@ -421,7 +431,7 @@ async def run_one(kind: str, args: Any, tokens: list[str], tmp: Path) -> dict[st
     print(
         f"  {kind:8} {n} sockets: closes {closes}; exit {code} after {exit_s:.2f} s "
         f"(bound {timeout_s + TEARDOWN_S:.0f} s); codes {out['first_close_codes']}; "
-        f"reconnects {out['reconnects']}; readyz {readyz}; handshake {handshake}",
+        f"reconnects {out['reconnects']} at {met_when}; readyz {readyz}; handshake {handshake}",
         flush=True,
     )
     return out
@@ -495,6 +505,13 @@ def _row(r: dict[str, Any]) -> list[Any]:
     ]  # fmt: skip
 
 
+def _when(runs: list[dict[str, Any]]) -> str:
+    rows = [[r["kind"], k, r["reconnects"].get(k, 0), w.get("first_s"), w.get("p50_s"), w.get("last_s")]
+            for r in runs for k, w in r.get("reconnects_when", {}).items()]  # fmt: skip
+    heads = ["run", "reconnect met", "attempts", "first s", "p50 s", "last s"]
+    return h.table(heads, rows) if rows else "(no reconnects)"
+
+
 def _ratios(runs: list[dict[str, Any]]) -> str:
     still = next((r for r in runs if r["kind"] == "still"), None)
     if still is None:
@@ -560,6 +577,10 @@ accepting again), `refused` once the port is closed, `reset` a connection that
 was closed with no answer (taken in the moment uvicorn stopped).
 
 {table}
+
+When the reconnect attempts met what (seconds after SIGTERM):
+
+{_when(runs)}
 
 Ratios to `still` (same run): last close, process exit.
 

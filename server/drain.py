@@ -246,20 +246,32 @@ async def _until_closed(conns: list[Connection], by: float) -> list[Connection]:
 def install(drain: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
     """Chain `drain()` (a coroutine function) in front of the current SIGTERM/SIGINT handlers.
 
-    Once the drain is done the previous handler (uvicorn's) runs as before.
-    Returns an uninstall function. Does nothing outside the main thread.
+    The first signal starts the drain; once it is done the previous handler
+    (uvicorn's) runs with that signal, as before. A signal during the drain:
+    SIGTERM is ignored (the drain is bounded; a supervisor and a process-group
+    kill may both send one), a second Ctrl+C (SIGINT) hands over to the
+    previous handler at once (uvicorn starts its own shutdown; another Ctrl+C
+    forces it). Returns an uninstall function. Does nothing outside the main
+    thread.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
     installed: list[int] = []
+    started: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
         if not callable(previous):
             continue
 
         def handler(sig: int = sig, previous: Any = previous) -> None:
-            loop.remove_signal_handler(sig)
+            if started:
+                log.warning("signal %d while draining: %s", sig,
+                            "handed to uvicorn" if sig == signal.SIGINT else "ignored")  # fmt: skip
+                if sig == signal.SIGINT:
+                    previous(sig, None)
+                return
+            started.append(sig)
             task = loop.create_task(drain())
             task.add_done_callback(lambda _t: previous(sig, None))
 

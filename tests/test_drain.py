@@ -12,8 +12,12 @@ again, so it never answers the closing handshake. Then SIGTERM, and:
   refused TCP connect once it stopped listening);
 - every socket, the deaf one too, got a close frame 1012 with
   `{"retry_after_ms"}` in the configured window (no 1006);
-- the deaf socket did not hold the drain: the process ended, by the signal, within
-  `ws_drain_timeout_s` + a generous margin, and its embedded redis-server is gone.
+- the deaf socket did not hold the drain, nor did a second SIGTERM cut it short:
+  the process ended, by the signal, within `ws_drain_timeout_s` + a generous
+  margin, and its embedded redis-server is gone.
+
+Also the pure parts: the drain's deadlines, the retry hints, the refusal's ASGI
+messages.
 """
 
 from __future__ import annotations
@@ -245,6 +249,7 @@ async def test_sigterm_with_reconnecting_clients(tmp_path: Path) -> None:
             readyz_after_sigterm(srv.endpoint.url),
             fresh_handshake(srv.endpoint.ws_url, tokens[CLIENTS + 1]),
         )
+        srv.proc.send_signal(signal.SIGTERM)  # a second one (supervisor + group kill): ignored
         assert ready[0] == 503 and ready[1] is not None, ready
         assert ready[1].headers["Retry-After"], ready[1].headers
         assert ready[1].json()["checks"]["accepting"] == "draining", ready[1].text
