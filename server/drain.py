@@ -9,12 +9,13 @@ From the signal on (`Drain.run`, chained in front of uvicorn's own handler by
    shutdown, so a load balancer sees the 503s (a refused connect would say
    less) and clients that come back early cost one HTTP exchange each.
 2. Sockets still signing in are closed with 1012 and a wait.
-3. Queued frames are flushed: at most `FLUSH_SHARE` of `ws_drain_timeout_s`.
-4. Every attached socket leaves the hub at once (no per-socket pub/sub
-   UNSUBSCRIBE: the broker stops next) and gets its close frame — 1012 with
-   `{"retry_after_ms": n}`, n jittered (`retry_reason`) — written in batches
-   of `CLOSE_BATCH` per event-loop iteration, with no await per socket.
-5. The drain waits for the clients' closing handshakes until
+3. Each attached socket, as soon as its queued frames are out (a slow reader
+   delays only itself, and at most `FLUSH_SHARE` of `ws_drain_timeout_s`),
+   leaves the hub (no per-socket pub/sub UNSUBSCRIBE: the broker stops next)
+   and gets its close frame — 1012 with `{"retry_after_ms": n}`, n jittered
+   (`retry_reason`) — written in batches of `CLOSE_BATCH` per event-loop
+   iteration, with no await per socket.
+4. The drain waits for the clients' closing handshakes until
    `ws_drain_timeout_s` after the signal; a socket that has not answered by
    then is closed (FIN after its close frame) or, when it cannot even take its
    close frame (a full send buffer), aborted. So no socket holds the drain.
@@ -168,9 +169,10 @@ class Drain:
         self.budget = budget = Budget(time.monotonic(), self.settings.ws_drain_timeout_s)
         try:
             waits = [t for c in list(hub.signing_in) if (t := self._close(c)) is not None]
-            await _flushed(list(hub.conns), budget.flush_by)
-            conns = _release(hub)
-            waits += await self._close_all(conns)
+            conns = list(hub.conns)
+            waits += await self._close_when_flushed(conns, budget.flush_by)
+            hub.conns.clear()  # any left (the dispatcher holds this same set)
+            hub.interest.clear()  # no per-socket UNSUBSCRIBE: the broker stops next
             open_ = await _until_closed(conns, budget.sockets_by)
             for conn in open_:
                 conn.wire.end()
@@ -191,11 +193,30 @@ class Drain:
             _awaited(close(frames.WS_1012_SERVICE_RESTART, retry_reason(self.settings)))
         )
 
+    async def _close_when_flushed(
+        self, conns: list[Connection], by: float
+    ) -> list[asyncio.Task[None]]:
+        """Close each connection once its queued frames are out; at `by`, the rest anyway.
+
+        So one slow reader delays only its own close. Returns the closes that wait.
+        """
+        waits: list[asyncio.Task[None]] = []
+        pending = conns
+        while pending:
+            late = time.monotonic() >= by
+            ready = pending if late else [c for c in pending if not _busy(c)]
+            waits += await self._close_all(ready)
+            pending = [c for c in pending if not c.closing]
+            if pending:
+                await asyncio.sleep(POLL_S)
+        return waits
+
     async def _close_all(self, conns: list[Connection]) -> list[asyncio.Task[None]]:
         """1012 to every connection, `CLOSE_BATCH` per loop iteration; the closes that wait."""
         waits: list[asyncio.Task[None]] = []
         for start in range(0, len(conns), CLOSE_BATCH):
             for conn in conns[start : start + CLOSE_BATCH]:
+                _release(self.hub, conn)
                 if (task := self._close(conn.close)) is not None:
                     waits.append(task)
             await asyncio.sleep(0)  # read the clients' answers between batches
@@ -206,32 +227,25 @@ async def _awaited(step: Awaitable[None]) -> None:
     await step
 
 
-async def _flushed(conns: list[Connection], by: float) -> None:
-    """Wait until no connection has frames queued or a send in flight, or until `by`."""
-    pending = [c for c in conns if len(c.outbox) or c.sending]
-    while pending and time.monotonic() < by:
-        await asyncio.sleep(POLL_S)
-        pending = [c for c in pending if len(c.outbox) or c.sending]
+def _busy(conn: Connection) -> bool:
+    """Frames still queued for `conn`, or a send of them in flight."""
+    return bool(len(conn.outbox) or conn.sending)
 
 
-def _release(hub: Drainable) -> list[Connection]:
-    """Take every connection out of the hub at once; stop their timers and blocked sends.
+def _release(hub: Drainable, conn: Connection) -> None:
+    """Take `conn` out of the hub; stop its timers and any blocked send; queue nothing more.
 
-    Each socket's endpoint still calls `hub.detach` when it ends; that finds
-    the connection gone and does nothing, so no per-socket UNSUBSCRIBE reaches
-    Redis during the drain.
+    Its endpoint still calls `hub.detach` when the socket ends; that finds the
+    connection gone and does nothing, so no per-socket UNSUBSCRIBE reaches
+    Redis during the drain (the drain clears `hub.interest` once at the end).
     """
-    conns = list(hub.conns)
-    hub.conns.clear()  # the dispatcher holds this same set
-    hub.interest.clear()
-    for conn in conns:
-        conn.closing = True  # nothing more is queued; its reader loop ends
-        if conn.count_timer:
-            conn.count_timer.cancel()
-        conn.outbox.take()
-        if conn.sending:
-            conn.sending.cancel()
-    return conns
+    hub.conns.discard(conn)
+    conn.closing = True  # enqueue drops frames; its reader loop ends
+    if conn.count_timer:
+        conn.count_timer.cancel()
+    conn.outbox.take()
+    if conn.sending:
+        conn.sending.cancel()
 
 
 async def _until_closed(conns: list[Connection], by: float) -> list[Connection]:

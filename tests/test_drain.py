@@ -30,6 +30,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +40,10 @@ import psutil
 import websockets
 from starlette.websockets import WebSocket
 
+from server import frames
 from server.auth import Authenticator
-from server.drain import TEARDOWN_S, Budget, refuse, retry_after_s, retry_reason
+from server.connection import Close, Connection
+from server.drain import TEARDOWN_S, Budget, Drain, refuse, retry_after_s, retry_reason
 from server.settings import Settings
 from tests.test_push_processes import JWT_SECRET, ServerProcess, shared_env
 
@@ -93,6 +96,73 @@ async def test_refuse_answers_503_with_retry_after_or_closes_before_accept() -> 
     assert orjson.loads(body["body"])["type"].endswith("/restarting")  # type: ignore[arg-type]
     # no denial extension: closed before accept (uvicorn would answer 403)
     assert [m["type"] for m in await _refusal({})] == ["websocket.close"]
+
+
+class StubWire:
+    """Stands in for the network (no socket here): the socket is gone once closed or ended."""
+
+    def __init__(self) -> None:
+        self.closed = self.ended = False
+
+    def send(self, payload: frames.Encoded) -> None:
+        return None
+
+    def gone(self) -> bool:
+        return self.closed
+
+    def end(self) -> None:
+        self.ended = self.closed = True
+
+
+@dataclass
+class StubHub:
+    """What a drain needs of the hub (`drain.Drainable`)."""
+
+    conns: set[Connection]
+    draining: bool = False
+    interest: dict[str, set[Connection]] = field(default_factory=dict)
+    signing_in: set[Close] = field(default_factory=set)
+
+
+def _conn(name: str, closes: list[str], answers: bool = True) -> Connection:
+    wire = StubWire()
+
+    async def close(code: int, reason: str) -> None:
+        assert code == 1012 and "retry_after_ms" in orjson.loads(reason)
+        closes.append(name)
+        wire.closed = answers  # a client that answers the closing handshake
+
+    return Connection({"id": name}, wire, close, 1 << 20)  # type: ignore[arg-type]
+
+
+async def test_a_slow_reader_delays_only_its_own_close() -> None:
+    closes: list[str] = []
+    fast, slow = _conn("fast", closes), _conn("slow", closes)
+    slow.outbox.push(frames.encode("pong", 0))  # not flushed yet
+    hub = StubHub({fast, slow}, interest={"ch": {fast, slow}})
+    drain = Drain(hub, Settings(ws_drain_timeout_s=60))  # type: ignore[arg-type]
+    task = asyncio.create_task(drain.run())
+    await asyncio.wait_for(_until(lambda: bool(closes)), 5)
+    assert hub.draining and closes == ["fast"] and hub.conns == {slow}
+    slow.outbox.take()  # its frames went out
+    await asyncio.wait_for(task, 5)
+    assert closes == ["fast", "slow"] and not hub.conns and not hub.interest
+    assert (drain.closed, drain.cut) == (2, 0)
+
+
+async def test_a_socket_that_never_answers_is_ended_at_the_deadline() -> None:
+    closes: list[str] = []
+    ok, deaf = _conn("ok", closes), _conn("deaf", closes, answers=False)
+    hub = StubHub({ok, deaf})
+    drain = Drain(hub, Settings(ws_drain_timeout_s=0.2))  # type: ignore[arg-type]
+    await asyncio.wait_for(drain.run(), 5)
+    assert sorted(closes) == ["deaf", "ok"]  # both were sent 1012
+    assert deaf.wire.ended and not ok.wire.ended and drain.cut == 1  # type: ignore[attr-defined]
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    while not check():
+        await asyncio.sleep(0.005)
 
 
 # ---- a real process ---------------------------------------------------------------------
