@@ -5,6 +5,8 @@ Sequence (PROTOCOL.md): accept; authenticate by `?token=` or a first frame
 `hello`; subscribe and queue `tray.snapshot` (the hub); then read client ops
 until the socket closes. Malformed frames and floods close with 1008; frames
 over `ws_max_frame_bytes` close with 1009 (uvicorn enforces `ws_max_size`).
+While the process drains (SIGTERM) a handshake is refused before accept: HTTP
+503 with Retry-After (`drain.refuse`).
 """
 
 from __future__ import annotations
