@@ -46,7 +46,7 @@ from server.auth import Authenticator
 from server.connection import Close, Connection
 from server.drain import TEARDOWN_S, Budget, Drain, refuse, retry_after_s, retry_reason
 from server.settings import Settings
-from tests.test_push_processes import JWT_SECRET, ServerProcess, shared_env
+from tests.test_push_processes import JWT_SECRET, ServerProcess, _worker_of_sockets, shared_env
 
 CLIENTS = 300
 DRAIN_S, BASE_MS, SPREAD_MS = 4, 500, 1000
@@ -357,5 +357,38 @@ async def test_sigterm_with_reconnecting_clients(tmp_path: Path) -> None:
                  if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
         assert not still, "the embedded redis-server outlived the server"
         deaf.close()
+    finally:
+        srv.stop()
+
+
+async def test_sigterm_to_the_supervisor_drains_every_worker(tmp_path: Path) -> None:
+    """`--workers 2`: uvicorn's supervisor passes SIGTERM on; each worker drains its own sockets."""
+    env = {**shared_env(), "STORIES_WS_DRAIN_TIMEOUT_S": str(DRAIN_S),
+           "STORIES_WS_RECONNECT_BASE_MS": str(BASE_MS),
+           "STORIES_WS_RECONNECT_SPREAD_MS": str(SPREAD_MS)}  # fmt: skip
+    srv = ServerProcess(tmp_path, "workers", env, "--workers", "2")
+    try:
+        srv.wait_ready()
+        auth = Authenticator(Settings(jwt_secret=JWT_SECRET, data_dir=str(tmp_path)))
+        now = int(time.time())
+        clients = [Obedient(f"{srv.endpoint.ws_url}?token={auth.mint(f'wk{n:03d}', now)}")
+                   for n in range(80)]  # fmt: skip
+        socks = [await c.connect() for c in clients]
+        assert len(_worker_of_sockets(srv)) == 2, "sockets did not spread over both workers"
+        stop = asyncio.Event()
+        follows = [asyncio.create_task(c.follow(s, stop)) for c, s in zip(clients, socks, strict=True)]  # fmt: skip
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        while srv.proc.poll() is None and time.monotonic() < started + DRAIN_S + MARGIN_S:
+            await asyncio.sleep(0.05)
+        assert srv.proc.poll() is not None, "still running after the drain's bound"
+        assert srv.proc.returncode in (0, -signal.SIGTERM), srv.output()  # supervisor: 0
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*follows)
+        for close in [c.first_close for c in clients]:  # the drain's 1012, not uvicorn's bare one
+            assert close is not None and close[0] == 1012, close
+            assert BASE_MS <= orjson.loads(close[1])["retry_after_ms"] < BASE_MS + SPREAD_MS
+        assert "101" not in [o for c in clients for o in c.outcomes]
     finally:
         srv.stop()
