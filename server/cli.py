@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -115,14 +116,17 @@ class _Terminated(SystemExit):
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """Unwind instead of dying at once, so `redis_for` stops the embedded Redis."""
+    """Unwind instead of dying at once, so `redis_for` stops the embedded Redis.
+
+    Further SIGTERMs are ignored from here on, so that one cannot interrupt
+    that cleanup (`serve` ends the process by the signal once it is done).
+    """
+    signal.signal(signum, signal.SIG_IGN)
     raise _Terminated(signum)
 
 
 def serve(settings: Settings) -> int:
     """Run the server until SIGTERM or SIGINT; on SIGTERM the process ends by that signal."""
-    import signal
-
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         _serve(settings)

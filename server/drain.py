@@ -265,13 +265,13 @@ def install(drain: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None
     SIGTERM is ignored (the drain is bounded; a supervisor and a process-group
     kill may both send one), a second Ctrl+C (SIGINT) hands over to the
     previous handler at once (uvicorn starts its own shutdown; another Ctrl+C
-    forces it). Returns an uninstall function. Does nothing outside the main
-    thread.
+    forces it). Returns an uninstall function, which gives the signals back
+    to those handlers. Does nothing outside the main thread.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[tuple[int, Any]] = []
     started: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
@@ -280,20 +280,26 @@ def install(drain: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None
 
         def handler(sig: int = sig, previous: Any = previous) -> None:
             if started:
-                log.warning("signal %d while draining: %s", sig,
-                            "handed to uvicorn" if sig == signal.SIGINT else "ignored")  # fmt: skip
                 if sig == signal.SIGINT:
+                    log.warning("second Ctrl+C while draining: handed to uvicorn")
                     previous(sig, None)
+                elif signal.SIGTERM not in started[1:]:  # once: a supervisor may repeat it
+                    log.warning("SIGTERM while draining: ignored")
+                started.append(sig)
                 return
             started.append(sig)
             task = loop.create_task(drain())
             task.add_done_callback(lambda _t: previous(sig, None))
 
         loop.add_signal_handler(sig, handler)
-        installed.append(sig)
+        installed.append((sig, previous))
 
     def uninstall() -> None:
-        for sig in installed:
+        # give the signals back to the handlers found (uvicorn's): asyncio alone would reset
+        # them to the default, and a SIGTERM during the rest of the shutdown would kill the
+        # process before the CLI stops the embedded Redis
+        for sig, previous in installed:
             loop.remove_signal_handler(sig)
+            signal.signal(sig, previous)
 
     return uninstall

@@ -392,3 +392,37 @@ async def test_sigterm_to_the_supervisor_drains_every_worker(tmp_path: Path) -> 
         assert "101" not in [o for c in clients for o in c.outcomes]
     finally:
         srv.stop()
+
+
+async def test_sigterm_repeated_until_the_process_ends(tmp_path: Path) -> None:
+    """A supervisor that keeps sending SIGTERM (every 5 ms) neither cuts the drain short nor
+    kills the process before it has stopped its embedded Redis."""
+    env = {**shared_env(), "STORIES_WS_DRAIN_TIMEOUT_S": "1"}
+    srv = ServerProcess(tmp_path, "repeat", env)
+    try:
+        srv.wait_ready()
+        redis_pids = [c.pid for c in psutil.Process(srv.proc.pid).children(True)
+                      if "redis" in c.name()]  # fmt: skip
+        assert redis_pids, "no embedded redis-server"
+        auth = Authenticator(Settings(jwt_secret=JWT_SECRET, data_dir=str(tmp_path)))
+        now = int(time.time())
+        clients = [Obedient(f"{srv.endpoint.ws_url}?token={auth.mint(f'rp{n:02d}', now)}")
+                   for n in range(20)]  # fmt: skip
+        socks = [await c.connect() for c in clients]
+        stop = asyncio.Event()
+        follows = [asyncio.create_task(c.follow(s, stop)) for c, s in zip(clients, socks, strict=True)]  # fmt: skip
+        deadline = time.monotonic() + 1 + MARGIN_S
+        while srv.proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError):
+                srv.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.005)
+        assert srv.proc.poll() is not None, "still running after the drain's bound"
+        assert srv.proc.returncode == -signal.SIGTERM, srv.output()
+        stop.set()
+        await asyncio.gather(*follows)
+        assert [c.first_close and c.first_close[0] for c in clients] == [1012] * len(clients)
+        still = [p for p in redis_pids
+                 if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+        assert not still, f"the embedded redis-server outlived the server:\n{srv.output()}"
+    finally:
+        srv.stop()
