@@ -91,6 +91,7 @@ class WSClient(asyncio.Protocol):
         self.open = False
         self.closed = False
         self.close_code: int | None = None
+        self.close_reason = b""
         self.frag: list[bytes] | None = None
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
@@ -161,6 +162,7 @@ class WSClient(asyncio.Protocol):
                 self.send_frame(0xA, payload)
             elif opcode == 8:
                 self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.close_reason = bytes(payload[2:])
                 self.send_frame(0x8, payload[:2])
                 self.closed = True
                 if self.transport is not None:
@@ -1054,7 +1056,21 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="py-spy the stories server (largest N)")
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     p.add_argument("--report-only", action="store_true", help="re-render bench/results/fanout.json")
+    drain = p.add_argument_group(
+        "drain phase (bench/fanout_drain.py): SIGTERM with reconnecting clients"
+    )
+    drain.add_argument("--drain", action="store_true", help="run only the drain phase")
+    drain.add_argument("--drain-sockets", type=int, default=5000)
+    drain.add_argument("--drain-timeout-s", type=float, default=10.0, help="ws_drain_timeout_s")
+    drain.add_argument(
+        "--drain-deaf", type=int, default=50, help="sockets that never answer a close"
+    )
+    drain.add_argument("--drain-runs", default="still,obedient,deaf", type=lambda s: s.split(","))
     args = p.parse_args()
+    if args.drain:
+        from bench.fanout_drain import run_cli
+
+        return run_cli(args)
     if args.report_only:
         run = json.loads((h.RESULTS_DIR / f"{NAME}.json").read_text())
     else:

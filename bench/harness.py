@@ -178,7 +178,7 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m server serve` on 127.0.0.1 as a child process; stopped by its PID."""
 
-    redis_url: str
+    redis_url: str | None  # None: the server starts its own embedded Redis in `data_dir`
     data_dir: Path
     prefix: str = DEFAULT_PREFIX
     env: dict[str, str] = field(default_factory=dict)
@@ -202,7 +202,7 @@ class ServerProcess:
         env.pop("STORIES_RESOLVED_SETTINGS", None)
         args = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(self.data_dir),
-                "--redis-url", self.redis_url, "--dev-login"]  # fmt: skip
+                *(("--redis-url", self.redis_url) if self.redis_url else ()), "--dev-login"]  # fmt: skip
         log = (self.data_dir / "server.log").open("wb")
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT,

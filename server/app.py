@@ -114,7 +114,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await Services.start(settings, clock)
         app.state.services = services
-        uninstall = drain.install(lambda: services.hub.drain(settings.ws_drain_timeout_s))
+        uninstall = drain.install(services.drain.run)
         try:
             if settings.demo:
                 from server.seed import seed_demo

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -115,14 +116,17 @@ class _Terminated(SystemExit):
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """Unwind instead of dying at once, so `redis_for` stops the embedded Redis."""
+    """Unwind instead of dying at once, so `redis_for` stops the embedded Redis.
+
+    Further SIGTERMs are ignored from here on, so that one cannot interrupt
+    that cleanup (`serve` ends the process by the signal once it is done).
+    """
+    signal.signal(signum, signal.SIG_IGN)
     raise _Terminated(signum)
 
 
 def serve(settings: Settings) -> int:
     """Run the server until SIGTERM or SIGINT; on SIGTERM the process ends by that signal."""
-    import signal
-
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         _serve(settings)
@@ -134,6 +138,8 @@ def serve(settings: Settings) -> int:
 
 def _serve(settings: Settings) -> None:
     import uvicorn
+
+    from server.drain import UVICORN_GRACE_S
 
     with redis_for(settings) as url:
         settings.redis_url = url
@@ -147,7 +153,7 @@ def _serve(settings: Settings) -> None:
         uvicorn.run(
             "server.app:app_from_env", factory=True, host=settings.host, port=settings.port,
             workers=settings.workers if settings.workers > 1 else None, log_level=settings.log_level,
-            ws="websockets-sansio", timeout_graceful_shutdown=int(settings.ws_drain_timeout_s),
+            ws="websockets-sansio", timeout_graceful_shutdown=UVICORN_GRACE_S,
             ws_max_size=settings.ws_max_frame_bytes,
             ws_per_message_deflate=settings.ws_per_message_deflate, ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_idle_timeout_s - settings.ws_ping_interval_s,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Callable
 
 from server import frames
@@ -98,9 +97,3 @@ class Dispatcher:
             return
         if conn.outbox and not conn.closing and conn in self.conns:
             self._send_queued(conn)
-
-    async def drained(self, conn: Connection, timeout_s: float) -> None:
-        """Wait (up to `timeout_s`) until `conn` has nothing queued or in flight; for shutdown."""
-        deadline = time.monotonic() + timeout_s
-        while (len(conn.outbox) or conn.sending) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)

@@ -108,6 +108,12 @@ class ServiceUnavailable(StoriesError):
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
+class Restarting(ServiceUnavailable):
+    """The process is draining for a restart: connect again (anywhere) after Retry-After."""
+
+    slug, title = "restarting", "The server is restarting"
+
+
 def field_error(field: str, detail: str) -> InvalidField:
     """A 422 for one field: `errors == [{"field": field, "detail": detail}]`."""
     return InvalidField(f"{field}: {detail}", errors=[{"field": field, "detail": detail}])

@@ -48,14 +48,20 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Redis answers (and, with push, the process receives its own canary): 200, else 503."""
+    """Redis answers (and, with push, the process receives its own canary): 200, else 503.
+
+    While the process drains (SIGTERM) it is 503 at once, without asking Redis.
+    """
     svc = services(request)
     checks: dict[str, str] = {}
-    try:
-        await svc.store.redis.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:  # any failure means "not ready"
-        checks["redis"] = f"down: {type(exc).__name__}"
+    if svc.hub.draining:
+        checks["redis"] = "not checked"
+    else:
+        try:
+            await svc.store.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # any failure means "not ready"
+            checks["redis"] = f"down: {type(exc).__name__}"
     for name, probe in svc.readiness.items():
         checks[name] = probe()
     ready = all(v == "ok" for v in checks.values())

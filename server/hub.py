@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from server.broker import Broker
 from server.clock import rfc3339
 from server.connection import NOBODY, Connection
 from server.dispatch import Dispatcher
+from server.drain import retry_reason
 from server.keys import item_id
 from server.reads import StoryReader
 from server.store import Store
@@ -420,28 +419,6 @@ class Hub:
             await self._unsubscribe(conn, channel)
         self.enqueue(conn, self._entry_frame(other, self._view(conn, other), {}))
 
-    async def drain(self, timeout_s: float, batch: int = 200) -> None:
-        """Shutdown: flush queued frames, then close every socket with 1012 in batches.
-
-        The close reason carries `{"retry_after_ms": n}`, spread over
-        `ws_reconnect_base_ms + [0, ws_reconnect_spread_ms)` so clients do not
-        all come back at once.
-        """
-        self.draining = True
-        for close in list(self.signing_in):
-            await close(frames.WS_1012_SERVICE_RESTART, self._retry_reason())
-        conns = list(self.conns)
-        deadline = time.monotonic() + timeout_s
-        for start in range(0, len(conns), batch):
-            group = conns[start : start + batch]
-            left = max(0.05, deadline - time.monotonic())
-            await asyncio.gather(*(self.out.drained(c, left / 2) for c in group))
-            for conn in group:
-                conn.closing = True
-                await self._close(conn, frames.WS_1012_SERVICE_RESTART, self._retry_reason())
-
     def _retry_reason(self) -> str:
-        """`{"retry_after_ms": base + uniform jitter}`: spreads reconnects after a restart."""
-        s = self.s.settings
-        wait = s.ws_reconnect_base_ms + random.randrange(max(1, s.ws_reconnect_spread_ms))
-        return orjson.dumps({"retry_after_ms": wait}).decode()
+        """The 1012 close reason: `{"retry_after_ms"}` with jitter (`drain.retry_reason`)."""
+        return retry_reason(self.s.settings)

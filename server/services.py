@@ -15,6 +15,7 @@ from server.auth import Authenticator, load_or_create_secret
 from server.broker import Broker
 from server.captures import CaptureConfig, CaptureManager
 from server.clock import Clock, SystemClock
+from server.drain import Drain
 from server.gcpolicy import freeze_on_growth
 from server.graph import Graph
 from server.http_captures import publish_capture, report_failure
@@ -80,6 +81,7 @@ class Services:
     hub: Hub
     broker: Broker
     captures: CaptureManager
+    drain: Drain
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     readiness: dict[str, Callable[[], str]] = field(default_factory=dict)  # name → "ok" | why not
 
@@ -113,27 +115,35 @@ class Services:
             media=MediaPool(settings.media_workers, settings.media_queue,
                              settings.media_memory_budget_bytes),
             sweeper=Sweeper(store, writer), hub=hub, broker=broker, captures=captures,
+            drain=Drain(hub, settings),
         )  # fmt: skip
         hub.bind(broker)
         await broker.start()
         svc.readiness["pubsub"] = broker.readiness
+        svc.readiness["accepting"] = svc.drain.readiness  # 503 from the first moment of a drain
         svc.tasks.append(asyncio.create_task(svc.sweeper.run(), name="sweeper"))
         gc_task = freeze_on_growth(lambda: len(hub.conns))
         svc.tasks.append(asyncio.create_task(gc_task, name="gc-freeze"))
         return svc
 
     async def close(self) -> None:
-        """Close sockets (1012), stop background tasks, the broker, media pool, Redis."""
-        drain_s = self.settings.ws_drain_timeout_s
-        await _bounded("websockets", self.hub.drain(drain_s), drain_s + 2)
-        await _bounded("captures", self.captures.close(), 10)
+        """Drain sockets (1012), stop captures, background tasks, the broker, media pool, Redis.
+
+        The drain is the one SIGTERM started, if any (else it runs now); every
+        later step is bounded by what is left of its teardown budget
+        (`drain.Budget.teardown_by`: `ws_drain_timeout_s + drain.TEARDOWN_S`
+        after the drain began).
+        """
+        await self.drain.run()
+        left = self.drain.teardown_left
+        await _bounded("captures", self.captures.close(), left(10))
         for task in self.tasks:
             task.cancel()
         if self.tasks:
-            await asyncio.wait(self.tasks, timeout=5)
-        await _bounded("broker", self.broker.close(), 5)
+            await asyncio.wait(self.tasks, timeout=left(5))
+        await _bounded("broker", self.broker.close(), left(5))
         self.media.close()
-        await _bounded("redis", self.store.redis.aclose(), 5)
+        await _bounded("redis", self.store.redis.aclose(), left(5))
 
 
 async def _bounded(name: str, step: Awaitable[None], timeout_s: float) -> None:
@@ -141,6 +151,6 @@ async def _bounded(name: str, step: Awaitable[None], timeout_s: float) -> None:
     try:
         await asyncio.wait_for(step, timeout_s)
     except TimeoutError:
-        log.error("shutdown: %s did not finish within %.0f s", name, timeout_s)
+        log.error("shutdown: %s did not finish within %.1f s", name, timeout_s)
     except Exception:
         log.exception("shutdown: %s failed", name)

@@ -89,7 +89,7 @@ class Settings:
     ws_idle_timeout_s: float = 50.0  # no frame nor pong for this long closes the socket
     ws_auth_timeout_s: float = 5.0  # time to send {"op": "auth"} when no ?token=
     ws_ops_per_second: float = 20.0  # client ops rate; sustained floods close 1008
-    ws_drain_timeout_s: float = 10.0  # shutdown: time to flush and close sockets (1012)
+    ws_drain_timeout_s: float = 10.0  # SIGTERM: until every socket is closed (1012); exit by +2 s
     ws_reconnect_base_ms: int = 1000  # told to clients on 1012; they wait base + jitter
     ws_reconnect_spread_ms: int = 5000  # width of the jitter window, milliseconds
 

@@ -50,6 +50,14 @@ class Wire(Protocol):
 
     def send(self, payload: Encoded) -> asyncio.Task[None] | None: ...
 
+    def gone(self) -> bool:
+        """Whether the socket's connection is closed (as far as this wire can tell)."""
+        ...
+
+    def end(self) -> None:
+        """Close the connection now, for a drain's deadline: whatever it has not answered."""
+        ...
+
 
 class AsgiWire:
     """Any ASGI server: one `websocket.send` text message per payload."""
@@ -61,6 +69,12 @@ class AsgiWire:
 
     def send(self, payload: Encoded) -> asyncio.Task[None] | None:
         return start_send(self._send_text(payload.data.decode()))
+
+    def gone(self) -> bool:
+        return True  # the ASGI server owns the connection; nothing to wait for here
+
+    def end(self) -> None:
+        return None
 
 
 class UvicornWire:
@@ -89,6 +103,16 @@ class UvicornWire:
         else:
             transport.write(payload.frame)
         return None
+
+    def gone(self) -> bool:
+        return bool(self._proto.disconnected)  # set by uvicorn's connection_lost
+
+    def end(self) -> None:
+        """FIN once everything written has left (the close frame too); else abort (RST)."""
+        if self._transport.get_write_buffer_size():
+            self._transport.abort()
+        else:
+            self._transport.close()
 
     async def _send_when_writable(self, payload: Encoded) -> None:
         while not self._proto.writable.is_set():

@@ -5,6 +5,8 @@ Sequence (PROTOCOL.md): accept; authenticate by `?token=` or a first frame
 `hello`; subscribe and queue `tray.snapshot` (the hub); then read client ops
 until the socket closes. Malformed frames and floods close with 1008; frames
 over `ws_max_frame_bytes` close with 1009 (uvicorn enforces `ws_max_size`).
+While the process drains (SIGTERM) a handshake is refused before accept: HTTP
+503 with Retry-After (`drain.refuse`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import redis.exceptions
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server import frames
+from server import drain, frames
 from server.auth import Principal
 from server.connection import Connection
 from server.errors import StoriesError, Unauthorized
@@ -93,8 +95,11 @@ def serve(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
 async def ws_endpoint(ws: WebSocket, wire: Wire) -> None:
     """One socket's life: accept, sign in, hello, attach to the hub, read ops, detach."""
     svc: Services = ws.app.state.services
-    await ws.accept()
     hub = svc.hub
+    if hub.draining:  # before accept and any sign-in work: HTTP 503 with Retry-After
+        await drain.refuse(ws, svc.settings)
+        return
+    await ws.accept()
 
     async def close(code: int, reason: str) -> None:
         await _close(ws, code, reason)
