@@ -20,7 +20,6 @@ from server.errors import Forbidden, NotFound, field_error
 from server.items import ItemRecord, Json
 from server.reads import StoryReader
 from server.store import Store
-from server.tray import visible_items
 
 MAX_EMOJI_CHARS = 16
 MAX_REPLIES_KEPT = 1000
@@ -57,8 +56,8 @@ class SeenBook:
         if prev >= rec.seq:
             return
         now = self.s.clock.now_ms()
-        active = await self.reader.active_items(rec.owner)
-        newly = [i for i in visible_items(active, relation, now) if prev < i.seq <= rec.seq]
+        shown = await self.reader.visible_active(viewer["id"], rec.owner, relation)
+        newly = [i for i in shown if prev < i.seq <= rec.seq]
         pipe = self.s.redis.pipeline(transaction=False)
         for item in newly:
             views = k.views(rec.owner, item.seq)
@@ -85,6 +84,8 @@ class SeenBook:
         if rec.owner != caller:
             await self.reader.visible(caller, text_id)  # 404 when not even visible
             raise Forbidden("only the owner can see who viewed a story item")
+        if rec.shared_from and not await self.reader.shown(caller, [rec]):
+            raise NotFound(f"no story item {text_id}")  # a share ends with its source
         return rec
 
     async def viewers(self, caller: str, text_id: str, cursor: str | None, limit: int) -> Json:
