@@ -384,6 +384,7 @@ class Hub:
                 source = oc.sources[gone.source]  # what this process showed it with
             oc.removed = oc.removed | {seq}
             oc.forget_unused()
+            oc.source_changed(event["item_id"], status=event["reason"])  # the owner's own shares
         payload = {"item_id": event["item_id"], "owner_id": owner, "reason": event["reason"]}
         shared = frames.encode("story.removed", self.now(), **payload)
         self._fan_out(owner, event["audience"], conns, shared, shared, source)
@@ -396,6 +397,8 @@ class Hub:
             oc.items[seq] = ActiveItem(
                 seq, event["audience"], old.created_ms, old.expires_ms, old.source
             )
+        if oc:
+            oc.source_changed(event["item_id"], audience=event["audience"])  # own shares of it
         cache: dict[View, frames.Encoded] = {}
         for conn in conns:
             relation = conn.relation(owner)

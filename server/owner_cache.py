@@ -8,7 +8,7 @@ updated by story.source_audience events and dropped with the last share of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from server.audience import Relation
@@ -43,6 +43,17 @@ class OwnerCache:
         if self.sources is None:
             self.sources = {}
         self.sources[source.id] = source
+
+    def source_changed(
+        self, source_id: str, audience: str | None = None, status: str | None = None
+    ) -> None:
+        """An item of this owner's that their own shares point at changed audience or
+        ended: the event about the item itself updates those shares' source at once."""
+        old = self.sources.get(source_id) if self.sources else None
+        if self.sources and old:
+            self.sources[source_id] = replace(
+                old, audience=audience or old.audience, status=status or old.status
+            )
 
     def forget_unused(self) -> None:
         """Drop sources no cached share points at any more."""
