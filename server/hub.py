@@ -41,7 +41,7 @@ from server.clock import rfc3339
 from server.connection import NOBODY, Connection
 from server.dispatch import Dispatcher
 from server.keys import item_id
-from server.owner_cache import OwnerCache, SourceViews
+from server.owner_cache import OwnerCache, SourceViews, rings_sharing_from
 from server.reads import StoryReader
 from server.shares import Source, load_sources
 from server.store import Store
@@ -483,18 +483,8 @@ class Hub:
         else:
             await self._unsubscribe(conn, channel)
         self.enqueue(conn, self._entry_frame(other, self._view_now(conn, other), {}))
-        for owner in self._sharing_from(conn, other):  # rings whose shares come from `other`
+        for owner in rings_sharing_from(self.owners, conn, other):  # their shares' rule moved
             self.enqueue(conn, self._entry_frame(owner, self._view_now(conn, owner), {}))
-
-    def _sharing_from(self, conn: Connection, other: str) -> list[str]:
-        """Owners in `conn`'s tray with cached shares of `other`'s items."""
-        out = []
-        for owner in (conn.user_id, *conn.following):
-            oc = self.owners.get(owner)
-            if owner != other and oc and oc.sources and conn.in_tray(owner):
-                if any(s.owner == other for s in oc.sources.values()):
-                    out.append(owner)
-        return out
 
     async def drain(self, timeout_s: float, batch: int = 200) -> None:
         """Shutdown: flush queued frames, then close every socket with 1012 in batches.

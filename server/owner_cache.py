@@ -9,11 +9,14 @@ updated by story.source_audience events and dropped with the last share of it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.audience import Relation
 from server.shares import Source, share_visible
 from server.tray import ActiveItem
+
+if TYPE_CHECKING:
+    from server.connection import Connection
 
 SourceViews = tuple[tuple[str, Relation], ...]  # (source owner, the viewer's relation to them)
 
@@ -69,3 +72,15 @@ class OwnerCache:
         source = self.sources.get(item.source) if self.sources else None
         relation = dict(views).get(source.owner) if source else None
         return relation is not None and share_visible(source, relation, now_ms)
+
+
+def rings_sharing_from(owners: dict[str, OwnerCache], conn: Connection, other: str) -> list[str]:
+    """Owners in `conn`'s tray whose cached shares have sources owned by `other`: the
+    rings that change when `conn`'s relation to `other` does (follow, close friend, hide)."""
+    out = []
+    for owner in (conn.user_id, *conn.following):
+        oc = owners.get(owner)
+        if owner != other and oc and oc.sources and conn.in_tray(owner):
+            if any(s.owner == other for s in oc.sources.values()):
+                out.append(owner)
+    return out
