@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from PIL import Image
@@ -69,6 +69,7 @@ steps = st.one_of(
     share,
     share,
     st.tuples(st.just("audience"), st.integers(0, 50), st.sampled_from(AUDIENCES)),
+    st.tuples(st.just("source_audience"), st.integers(0, 50), st.sampled_from(AUDIENCES)),
     st.tuples(st.just("delete"), st.integers(0, 50)),
     st.tuples(st.just("seen"), st.integers(0, N_USERS - 1), st.integers(0, 50)),
     st.tuples(
@@ -355,8 +356,10 @@ async def run_scenario(redis_url: str, root: Path, sc: dict[str, Any]) -> None:
                 iid = await _share(svc, m, users, *op[1:])
                 if iid is not None:
                     posted[step] = (iid, m.items[iid][0], m.items[iid][2])
-            elif op[0] == "audience" and m.items:
-                iid = sorted(m.items)[op[1] % len(m.items)]
+            elif op[0] in ("audience", "source_audience") and m.items:
+                shared = sorted(set(m.sources.values()) & set(m.items))
+                pool = shared if op[0] == "source_audience" and shared else sorted(m.items)
+                iid = pool[op[1] % len(pool)]
                 owner_id, seq, _ = m.items[iid]
                 record = await svc.reader.record(iid)
                 assert record is not None
@@ -390,11 +393,12 @@ async def run_scenario(redis_url: str, root: Path, sc: dict[str, Any]) -> None:
                 _, kind, (a, b), on = op
                 await _graph_edit(svc, m, kind, ids[a], ids[b], on)
             models[step] = m.copy()
+            for u in ids:
+                await _check_reads(svc, m, u, ids)
             await _settle(svc, users, recs, step)
         await _quiet(recs, FINAL_QUIET_S)
         for r in recs:
             _check_connection(r, models, posted, ended, viewed)
-            await _check_reads(svc, m, r.uid, ids)
             truth = {e["owner"]["id"]: e for e in await svc.reader.tray(r.uid)}
             assert r.tray() == truth, (r.uid, r.real())
             for owner in ids:
@@ -494,11 +498,26 @@ def _check_connection(
 
 
 @hsettings(
-    max_examples=20,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(sc=scenarios)
+@example(  # a share its source's narrowing takes from user 2 (not user 3: a close friend)
+    sc={
+        "follows": {(2, 1), (3, 1)},
+        "close": {(0, 3)},
+        "hidden": set(),
+        "connected": {1, 2, 3},
+        "before": [("post", 0, "public"), ("share", 1, 0, "public")],
+        "steps": [
+            ("source_audience", 0, "close_friends"),
+            ("seen", 3, 0),
+            ("source_audience", 0, "public"),
+            ("post", 1, "followers"),
+        ],
+    }
+)
 def test_push_respects_audience_and_converges(redis_url: str, sc: dict[str, Any]) -> None:
     root = Path(tempfile.mkdtemp(prefix="push-prop-"))
     try:
