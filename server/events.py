@@ -2,8 +2,8 @@
 
 Producers (HTTP handlers, the sweeper, captures) publish dicts built here;
 the push layer consumes them. Payloads are orjson bytes. Two channel kinds:
-`ev:{owner}:stories` (story.new, story.removed, story.audience: filtered by
-audience per recipient) and `ev:{user}:inbox` (personal events).
+`ev:{owner}:stories` (story.new, story.removed, story.audience and, for a
+share, story.source_audience: filtered by audience per recipient) and `ev:{user}:inbox` (personal events).
 """
 
 from __future__ import annotations
@@ -22,9 +22,19 @@ def encode(event: Json) -> bytes:
 
 
 def story_new(
-    owner_id: str, seq: int, audience: str, created_ms: int, expires_ms: int, item: Json
+    owner_id: str,
+    seq: int,
+    audience: str,
+    created_ms: int,
+    expires_ms: int,
+    item: Json,
+    source: Json | None = None,
 ) -> Json:
-    """`item` is the StoryItem as a follower sees it (seen false, view_count null)."""
+    """`item` is the StoryItem as a follower sees it (seen false, view_count null).
+
+    `source` (`Source.as_json()`, shares only) lets the push layer apply the
+    source owner's rules too.
+    """
     return {
         "type": "story.new",
         "owner_id": owner_id,
@@ -33,11 +43,14 @@ def story_new(
         "created_ms": created_ms,
         "expires_ms": expires_ms,
         "item": item,
+        "source": source,
     }
 
 
-def story_removed(owner_id: str, seq: int, audience: str, reason: str) -> Json:
-    """`reason` is "expired" or "deleted"."""
+def story_removed(
+    owner_id: str, seq: int, audience: str, reason: str, source: Json | None = None
+) -> Json:
+    """`reason` is "expired" or "deleted"; `source` as in `story_new` (shares only)."""
     return {
         "type": "story.removed",
         "owner_id": owner_id,
@@ -45,6 +58,23 @@ def story_removed(owner_id: str, seq: int, audience: str, reason: str) -> Json:
         "seq": seq,
         "audience": audience,
         "reason": reason,
+        "source": source,
+    }
+
+
+def story_source_audience(owner_id: str, seq: int, source: Json, old_audience: str) -> Json:
+    """On the sharer's channel: the source of share `seq` changed audience (now `source`'s).
+
+    Internal: the push layer turns it into story.removed / tray.update for the
+    viewers who lose or gain the share; clients never see it.
+    """
+    return {
+        "type": "story.source_audience",
+        "owner_id": owner_id,
+        "item_id": item_id(owner_id, seq),
+        "seq": seq,
+        "source": source,
+        "old_audience": old_audience,
     }
 
 

@@ -2,7 +2,9 @@
 
 Answers 404 — never 403 — for a bad signature, a past `exp`, or an item that
 is no longer live (scope `live`) or past its archive retention (scope
-`archive`). `Cache-Control: private, max-age` never outlives the URL.
+`archive`). A share's URLs serve its source's files, and only while the source
+is live (`StoryReader.media_of`). `Cache-Control: private, max-age` never
+outlives the URL.
 
 Range requests (RFC 9110 section 14) are judged here (`parse.byte_ranges`),
 so their errors are problem+json like every other: 400 for a malformed range
@@ -77,6 +79,9 @@ async def media(request: Request) -> Response:
         raise NotFound("no such media")
     rec = await svc.reader.record(item)
     if rec is None or (scope == "live" and not rec.is_live(now)):
+        raise NotFound("no such media")
+    rec = await svc.reader.media_of(rec)  # a share shows its source's files while it is live
+    if rec is None:
         raise NotFound("no such media")
     key = rec.media_key if variant == "file" else rec.poster_key
     path = svc.store.storage.path(key)

@@ -118,13 +118,15 @@ async def share_story(request: Request) -> Response:
     _, user = await _gate(request)
     svc = services(request)
     body = await read_json(request)
-    original = await svc.reader.visible(user["id"], request.path_params["id"])
+    original, _, source = await svc.reader.visible_with_source(
+        user["id"], request.path_params["id"]
+    )
     if original.audience != "public" and original.owner != user["id"]:
         raise Forbidden("only public story items can be shared to another story")
 
     async def run() -> tuple[int, Any]:
         rec = await svc.writer.share(
-            user, original,
+            user, original, source,
             caption=check_caption(body.get("caption"), svc.settings.max_caption_chars),
             audience=check_audience(body.get("audience")),
             lifetime_h=check_lifetime(body.get("lifetime_h"), svc.settings.default_lifetime_h),
@@ -159,7 +161,7 @@ async def delete_story(request: Request) -> Response:
     _, user = await caller(request)
     svc = services(request)
     await limited(request, "edits", user["id"], svc.settings.edits_per_minute)
-    rec = await svc.reader.visible(user["id"], request.path_params["id"])
+    rec = await svc.reader.own_live(user["id"], request.path_params["id"])
     await svc.writer.delete(user["id"], rec)
     return no_content()
 

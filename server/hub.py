@@ -8,6 +8,12 @@ tray entries differ by viewer (seen state, close friends) and are encoded once
 per distinct entry. Tray entries are computed from the cache, not from Redis,
 so pushing a post costs no Redis work per follower.
 
+Shares (`shares.py`): a share is pushed, counted and removed only where its
+source is visible too. The cache keeps each share's `Source` (audience, status;
+from the event, or read once when the owner is loaded), and a view of an owner
+whose ring holds shares includes the viewer's relation to each source owner, so
+the rule is applied from in-memory sets like every other audience check.
+
 Sending is the dispatcher's (`dispatch.py`): bounded outboxes, one flush per
 event-loop iteration, packing, and 1013 for a reader that falls behind.
 """
@@ -20,14 +26,13 @@ import logging
 import sys
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis.exceptions
 
 from server import frames
-from server.audience import Relation
+from server.audience import Relation, can_see
 from server.backoff import Backoff, raise_if_cancelling
 from server.broker import Broker
 from server.clock import rfc3339
@@ -35,14 +40,16 @@ from server.connection import NOBODY, Connection
 from server.dispatch import Dispatcher
 from server.drain import retry_reason
 from server.keys import item_id
+from server.owner_cache import OwnerCache, SourceViews, rings_sharing_from
 from server.reads import StoryReader
+from server.shares import Source, load_sources
 from server.store import Store
 from server.tray import ActiveItem, ring, visible_items
 from server.view_counts import ViewCountPush
 
 log = logging.getLogger("stories.hub")
-View = tuple[bool, bool, bool, bool, int]
-OWNER_VIEW: View = (True, False, False, False, 0)
+View = tuple[bool, bool, bool, bool, int, SourceViews]
+OWNER_VIEW: View = (True, False, False, False, 0, ())
 MISSING: Any = object()
 
 
@@ -50,19 +57,6 @@ def _ids(members: list[bytes] | set[bytes]) -> frozenset[str]:
     """User ids from Redis, interned: thousands of connections share one string per owner."""
     # from a set, not a generator: a frozenset copied from a set is sized once (half the table)
     return frozenset({sys.intern(m.decode()) for m in members}) if members else NOBODY
-
-
-@dataclass(slots=True)
-class OwnerCache:
-    """An owner's active items (seq → item) and User, for local tray computation.
-
-    `removed` holds seqs deleted or expired since the cache was filled (rare, so
-    a frozenset that is replaced on change: most caches share the empty one).
-    """
-
-    user: dict[str, Any]
-    items: dict[int, ActiveItem] = field(default_factory=dict)
-    removed: frozenset[int] = frozenset()
 
 
 class Hub:
@@ -181,6 +175,15 @@ class Hub:
             item = ActiveItem.parse(member, score)
             if item.seq not in cache.removed:
                 cache.items.setdefault(item.seq, item)
+        await self._load_sources(cache)
+
+    async def _load_sources(self, cache: OwnerCache) -> None:
+        """Read the sources of the cache's shares (events that came first win)."""
+        known = cache.sources or {}
+        wanted = {i.source for i in cache.items.values() if i.source and i.source not in known}
+        for source in (await load_sources(self.s, wanted)).values() if wanted else ():
+            if not cache.sources or source.id not in cache.sources:
+                cache.remember(source)
 
     async def _snapshot(self, conn: Connection) -> None:
         entries = await self.reader.tray(conn.user_id)
@@ -266,21 +269,29 @@ class Hub:
     # ---- story lifecycle ---------------------------------------------------------------
 
     @staticmethod
-    def _view(conn: Connection, owner: str) -> View:
-        """How `conn` sees `owner`: (is owner, follows, close friend, hidden, seen-up-to).
+    def _view(conn: Connection, owner: str, sources: tuple[str, ...] = ()) -> View:
+        """How `conn` sees `owner`: (is owner, follows, close friend, hidden, seen-up-to,
+        and its relation to each of `sources`: the owners of the sources of `owner`'s shares).
 
         Every frame about `owner` depends on nothing else, so one fan-out computes
         and encodes each distinct view once, however many followers share it.
         """
+        views = tuple([(o, conn.relation(o)) for o in sources]) if sources else ()
         if owner == conn.user_id:
-            return OWNER_VIEW
+            return (True, False, False, False, 0, views) if views else OWNER_VIEW
         return (
             False,
             owner in conn.following,
             owner in conn.close_friend_of,
             owner in conn.hidden_from,
             conn.seen.get(owner, 0),
+            views,
         )
+
+    def _view_now(self, conn: Connection, owner: str) -> View:
+        """`_view()` with the sources of `owner`'s cached shares."""
+        oc = self.owners.get(owner)
+        return self._view(conn, owner, oc.source_owners() if oc else ())
 
     def _entry_frame(
         self, owner: str, view: View, cache: dict[View, frames.Encoded]
@@ -289,20 +300,23 @@ class Hub:
         frame = cache.get(view)
         if frame is not None:
             return frame
-        is_owner, follows, close_friend, hidden, seen = view
+        is_owner, follows, close_friend, hidden, seen, views = view
         oc = self.owners.get(owner)
         relation = Relation(is_owner, follows, close_friend, hidden)
         in_tray = is_owner or (follows and not hidden)
-        items = visible_items(oc.items.values(), relation, self.now()) if oc and in_tray else []
+        now = self.now()
+        items = visible_items(oc.items.values(), relation, now) if oc and in_tray else []
+        if oc and items:
+            items = [i for i in items if oc.shown(i, views, now)]
         state = ring(owner, items, seen, own=is_owner)
         if state is None:
-            frame = frames.encode("tray.remove", self.now(), owner_id=owner)
+            frame = frames.encode("tray.remove", now, owner_id=owner)
         else:
             first = item_id(owner, state.first_unseen_seq) if state.first_unseen_seq else None
             entry = {"owner": oc.user if oc else {"id": owner}, "has_unseen": state.has_unseen,
                      "item_count": state.item_count, "latest_at": rfc3339(state.latest_ms),
                      "first_unseen_id": first}  # fmt: skip
-            frame = frames.encode("tray.update", self.now(), entry=entry)
+            frame = frames.encode("tray.update", now, entry=entry)
         cache[view] = frame
         return frame
 
@@ -313,21 +327,28 @@ class Hub:
         conns: list[Connection],
         story: frames.Encoded,
         own: frames.Encoded,
+        source: Source | None = None,
     ) -> None:
         """Queue the story frame and the new tray entry to every connection allowed to see.
 
-        Both go as one packed frame, built once per distinct view and shared.
+        Both go as one packed frame, built once per distinct view and shared. For a
+        share, `source` is its source: the viewer must also be allowed its audience
+        (its liveness is not asked: the frame is a new share, or the removal of one).
         """
         per_view: dict[View, frames.Encoded | None] = {}
         entries: dict[View, frames.Encoded] = {}
         enqueue, view_of = self.enqueue, self._view
+        oc = self.owners.get(owner)
+        sources = oc.source_owners(source) if oc else (source.owner,) if source else ()
         for conn in conns:  # the hot loop: one pass per follower per post
-            view = view_of(conn, owner)
+            view = view_of(conn, owner, sources)
             out = per_view.get(view, MISSING)
             if out is MISSING:
-                is_owner, follows, close_friend, hidden, _ = view
+                is_owner, follows, close_friend, hidden, _, views = view
                 relation = Relation(is_owner, follows, close_friend, hidden)
                 allowed = (is_owner or follows) and relation.can_see(audience)
+                if allowed and source is not None:
+                    allowed = can_see(dict(views)[source.owner], source.audience)
                 out = per_view[view] = (
                     frames.pack(
                         [own if is_owner else story, self._entry_frame(owner, view, entries)]
@@ -343,33 +364,76 @@ class Hub:
         oc = self.owners.setdefault(owner, OwnerCache(user=item["owner"]))
         oc.user = item["owner"]
         seq = event["seq"]
-        oc.items[seq] = ActiveItem(seq, event["audience"], event["created_ms"], event["expires_ms"])
+        source = Source.from_json(event["source"]) if event.get("source") else None
+        oc.items[seq] = ActiveItem(seq, event["audience"], event["created_ms"],
+                                   event["expires_ms"], source.id if source else None)  # fmt: skip
+        if source is not None:
+            oc.remember(source)
         shared = frames.encode("story.new", self.now(), item=item)
         own = frames.encode("story.new", self.now(), item={**item, "seen": True, "view_count": 0})
-        self._fan_out(owner, event["audience"], conns, shared, own)
+        self._fan_out(owner, event["audience"], conns, shared, own, source)
 
     def _on_story_removed(self, event: dict[str, Any], conns: list[Connection]) -> None:
         owner, seq = event["owner_id"], event["seq"]
         oc = self.owners.get(owner)
+        source = Source.from_json(event["source"]) if event.get("source") else None
         if oc:
-            oc.items.pop(seq, None)
+            gone = oc.items.pop(seq, None)
+            if gone and gone.source and oc.sources and gone.source in oc.sources:
+                source = oc.sources[gone.source]  # what this process showed it with
             oc.removed = oc.removed | {seq}
+            oc.forget_unused()
+            oc.source_changed(event["item_id"], status=event["reason"])  # the owner's own shares
         payload = {"item_id": event["item_id"], "owner_id": owner, "reason": event["reason"]}
         shared = frames.encode("story.removed", self.now(), **payload)
-        self._fan_out(owner, event["audience"], conns, shared, shared)
+        self._fan_out(owner, event["audience"], conns, shared, shared, source)
 
     def _on_story_audience(self, event: dict[str, Any], conns: list[Connection]) -> None:
         owner, seq = event["owner_id"], event["seq"]
         oc = self.owners.get(owner)
         if oc and seq in oc.items:
             old = oc.items[seq]
-            oc.items[seq] = ActiveItem(seq, event["audience"], old.created_ms, old.expires_ms)
+            oc.items[seq] = ActiveItem(
+                seq, event["audience"], old.created_ms, old.expires_ms, old.source
+            )
+        if oc:
+            oc.source_changed(event["item_id"], audience=event["audience"])  # own shares of it
         cache: dict[View, frames.Encoded] = {}
         for conn in conns:
             relation = conn.relation(owner)
             if relation.can_see(event["audience"]) or relation.can_see(event["old_audience"]):
                 if conn.in_tray(owner):
-                    self.enqueue(conn, self._entry_frame(owner, self._view(conn, owner), cache))
+                    self.enqueue(conn, self._entry_frame(owner, self._view_now(conn, owner), cache))
+
+    def _on_story_source_audience(self, event: dict[str, Any], conns: list[Connection]) -> None:
+        """The source of share `seq` changed audience: viewers who lose the share get
+        story.removed ("deleted": to them it is gone) with their new tray entry; viewers
+        who gain it, the tray entry."""
+        owner, seq = event["owner_id"], event["seq"]
+        source, old = Source.from_json(event["source"]), event["old_audience"]
+        oc = self.owners.get(owner)
+        item = oc.items.get(seq) if oc else None
+        if oc is None or item is None or item.source != source.id:
+            return  # not cached here: nothing of it was shown from this process
+        oc.remember(source)
+        removed = frames.encode("story.removed", self.now(), item_id=event["item_id"],
+                                owner_id=owner, reason="deleted")  # fmt: skip
+        sources = oc.source_owners()
+        entries: dict[View, frames.Encoded] = {}
+        packed: dict[View, frames.Encoded] = {}
+        for conn in conns:
+            relation = conn.relation(owner)
+            if not (relation.is_owner or relation.follows) or not relation.can_see(item.audience):
+                continue  # never had it from the sharer's side
+            to_source = conn.relation(source.owner)
+            before, after = can_see(to_source, old), can_see(to_source, source.audience)
+            if before == after:
+                continue
+            view = self._view(conn, owner, sources)
+            entry = self._entry_frame(owner, view, entries)
+            if before:
+                entry = packed.get(view) or packed.setdefault(view, frames.pack([removed, entry]))
+            self.enqueue(conn, entry)
 
     # ---- personal events (inbox) ----------------------------------------------------------
 
@@ -395,7 +459,7 @@ class Hub:
             if seq > conn.seen.get(owner, 0):
                 conn.seen[owner] = seq
                 if conn.in_tray(owner):
-                    self.enqueue(conn, self._entry_frame(owner, self._view(conn, owner), cache))
+                    self.enqueue(conn, self._entry_frame(owner, self._view_now(conn, owner), cache))
 
     def _on_graph_changed(self, event: dict[str, Any], conns: list[Connection]) -> None:
         for conn in conns:
@@ -417,7 +481,9 @@ class Hub:
             await self._subscribe(conn, channel)
         else:
             await self._unsubscribe(conn, channel)
-        self.enqueue(conn, self._entry_frame(other, self._view(conn, other), {}))
+        self.enqueue(conn, self._entry_frame(other, self._view_now(conn, other), {}))
+        for owner in rings_sharing_from(self.owners, conn, other):  # their shares' rule moved
+            self.enqueue(conn, self._entry_frame(owner, self._view_now(conn, owner), {}))
 
     def _retry_reason(self) -> str:
         """The 1012 close reason: `{"retry_after_ms"}` with jitter (`drain.retry_reason`)."""

@@ -21,7 +21,11 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True)
 class ItemRecord:
-    """One item as stored. Times in epoch ms; `status` is active | expired | deleted."""
+    """One item as stored. Times in epoch ms; `status` is active | expired | deleted.
+
+    A share (`source` "share") has no files of its own: `media_key` and
+    `poster_key` are empty and its media is its source's (`server/shares.py`).
+    """
 
     owner: str
     seq: int
@@ -47,7 +51,9 @@ class ItemRecord:
 
     @property
     def member(self) -> str:
-        return ActiveItem(self.seq, self.audience, self.created_ms, self.expires_ms).member()
+        return ActiveItem(
+            self.seq, self.audience, self.created_ms, self.expires_ms, self.shared_from
+        ).member()
 
     def is_live(self, now_ms: int) -> bool:
         """Active and not yet expired (reads filter on this even before the sweeper runs)."""

@@ -60,6 +60,10 @@ class Keys:
     def item(self, owner: str, seq: int) -> str:
         return f"{self.p}st:{{{owner}}}:item:{seq}"
 
+    def shares(self, owner: str, seq: int) -> str:
+        """SET of the ids of every share of item `seq` (on the source owner's slot)."""
+        return f"{self.p}st:{{{owner}}}:shares:{seq}"
+
     def archive(self, owner: str) -> str:
         return f"{self.p}st:{{{owner}}}:archive"
 

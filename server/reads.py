@@ -13,10 +13,19 @@ it), so owners without stories cost nothing after this point;
 rules of `tray.py`) and returns only rings with items, with their User records. (A pipeline of one ZRANGEBYSCORE per owner also took a constant
 number of round trips, but spent ~25 µs of client CPU per followed owner,
 most of them empty: 55 ms per tray at 2,000 followed; see docs/benchmarks.md.)
+(3) Only when those rings hold shares: their sources and the viewer's relations
+to the source owners, in one pipeline (`shares.visible_sources`); the shares
+that pass are added to their rings (`tray.merge_ring`).
+
+Shares (`server/shares.py`): every read here — one item, a user's stories, the
+tray, the archive, media — shows a share only while its source is live and
+visible to the caller under the source owner's rules, so the tray's rings and
+`user_stories` always count the same items.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from server.audience import Relation
@@ -24,8 +33,9 @@ from server.clock import rfc3339
 from server.errors import NotFound
 from server.items import ItemRecord, Json, render
 from server.keys import item_id, split_item_id
+from server.shares import Source, visible_sources
 from server.store import Store
-from server.tray import ActiveItem, TrayState, order_tray, ring, visible_items
+from server.tray import ActiveItem, TrayState, merge_ring, order_tray, ring, visible_items
 
 
 def _user(owner: str, fields: list[bytes | None]) -> Json:
@@ -36,7 +46,7 @@ def _user(owner: str, fields: list[bytes | None]) -> Json:
     return {"id": uid, "handle": handle, "display_name": name or handle, "avatar_url": avatar}
 
 
-def _active(raw: list[Any]) -> list[ActiveItem]:
+def _active(raw: Iterable[Any]) -> list[ActiveItem]:
     return [ActiveItem.parse(member, score) for member, score in raw]
 
 
@@ -56,17 +66,66 @@ class StoryReader:
 
     async def visible(self, viewer: str, text_id: str) -> ItemRecord:
         """A live item `viewer` may see. Raises NotFound (404) otherwise, hidden included."""
-        return (await self.visible_with_relation(viewer, text_id))[0]
+        return (await self.visible_with_source(viewer, text_id))[0]
 
     async def visible_with_relation(self, viewer: str, text_id: str) -> tuple[ItemRecord, Relation]:
         """`visible()`, plus how the viewer stands towards the item's owner."""
+        rec, relation, _ = await self.visible_with_source(viewer, text_id)
+        return rec, relation
+
+    async def visible_with_source(
+        self, viewer: str, text_id: str
+    ) -> tuple[ItemRecord, Relation, Source]:
+        """`visible_with_relation()`, plus the item's root source (the item itself unless a share).
+
+        A share is visible only while its source is live and visible to `viewer`.
+        """
         rec = await self.record(text_id)
         if rec is None or not rec.is_live(self.s.clock.now_ms()):
             raise NotFound(f"no story item {text_id}")
         relation = await self.s.graph.relation(viewer, rec.owner)
         if not relation.can_see(rec.audience):
             raise NotFound(f"no story item {text_id}")
-        return rec, relation
+        if not rec.shared_from:
+            return rec, relation, Source.of(rec)
+        source = (await visible_sources(self.s, viewer, [rec.shared_from])).get(rec.shared_from)
+        if source is None:
+            raise NotFound(f"no story item {text_id}")
+        return rec, relation, source
+
+    async def own_live(self, caller: str, text_id: str) -> ItemRecord:
+        """The caller's own live item whatever the state of its source (a share the caller
+        may no longer see can still be deleted); for anyone else's item, `visible()`."""
+        rec = await self.record(text_id)
+        if rec is not None and rec.owner == caller and rec.is_live(self.s.clock.now_ms()):
+            return rec
+        return await self.visible(caller, text_id)
+
+    async def shown(self, viewer: str, recs: list[ItemRecord]) -> list[ItemRecord]:
+        """`recs` without the shares whose source is not live and visible to `viewer`."""
+        sources = [r.shared_from for r in recs if r.shared_from]
+        if not sources:
+            return recs
+        ok = await visible_sources(self.s, viewer, sources)
+        return [r for r in recs if not r.shared_from or r.shared_from in ok]
+
+    async def media_of(self, rec: ItemRecord) -> ItemRecord | None:
+        """The record whose files `rec`'s media URLs serve: its own, or for a share its
+        source's while the source is live (None once it is not)."""
+        if not rec.shared_from:
+            return rec
+        source = await self.record(rec.shared_from)
+        return source if source is not None and source.is_live(self.s.clock.now_ms()) else None
+
+    async def visible_active(self, viewer: str, owner: str, relation: Relation) -> list[ActiveItem]:
+        """`owner`'s unexpired items `viewer` may see (in `relation` to the owner), oldest
+        first, shares only while their sources are visible too."""
+        items = visible_items(await self.active_items(owner), relation, self.s.clock.now_ms())
+        sources = [i.source for i in items if i.source]
+        if not sources:
+            return items
+        ok = await visible_sources(self.s, viewer, sources)
+        return [i for i in items if not i.source or i.source in ok]
 
     async def render_many(
         self, viewer: str, recs: list[ItemRecord], archive: bool = False
@@ -122,7 +181,7 @@ class StoryReader:
         """`{"owner", "items" (oldest first), "first_unseen_id"}` for `viewer`."""
         relation = await self.s.graph.relation(viewer, owner["id"])
         items = visible_items(await self.active_items(owner["id"]), relation, self.s.clock.now_ms())
-        recs = await self._records(owner["id"], items)
+        recs = await self.shown(viewer, await self._records(owner["id"], items))
         rendered = await self.render_many(viewer, recs)
         unseen = next((i["id"] for i in rendered if not i["seen"]), None)
         return {"owner": owner, "items": rendered, "first_unseen_id": unseen}
@@ -149,12 +208,41 @@ class StoryReader:
         flat = await self.s.scripts.tray_scan(keys=[], args=args)
         rings: list[TrayState] = []
         users: dict[str, Json] = {}
-        for n in range(0, len(flat), 5):
-            index, count, latest, first, user = flat[n : n + 5]
+        shares: dict[str, list[ActiveItem]] = {}
+        for n in range(0, len(flat), 6):
+            index, count, latest, first, user, shared = flat[n : n + 6]
             owner = owners[int(index)]
-            rings.append(TrayState(owner, first > 0, int(count), int(latest), int(first) or None))
             users[owner] = _user(owner, user)
+            if count:
+                rings.append(
+                    TrayState(owner, first > 0, int(count), int(latest), int(first) or None)
+                )
+            if shared:
+                shares[owner] = _active(zip(shared[::2], shared[1::2], strict=True))
+        if shares:
+            rings = await self._with_shares(viewer, rings, shares, seen)
         return self._tray_entries(order_tray(viewer, rings), users)
+
+    async def _with_shares(
+        self,
+        viewer: str,
+        rings: list[TrayState],
+        shares: dict[str, list[ActiveItem]],
+        seen: dict[str, int],
+    ) -> list[TrayState]:
+        """`rings` with the shares whose sources `viewer` may see added (owners may gain a ring)."""
+        ok = await visible_sources(
+            self.s, viewer, {i.source or "" for s in shares.values() for i in s}
+        )
+        by_owner = {r.owner_id: r for r in rings}
+        for owner, items in shares.items():
+            shown = [i for i in items if i.source in ok]
+            state = merge_ring(
+                owner, by_owner.get(owner), shown, seen.get(owner, 0), own=owner == viewer
+            )
+            if state is not None:
+                by_owner[owner] = state
+        return list(by_owner.values())
 
     async def tray_entry(self, viewer: str, owner: str) -> Json | None:
         """One owner's TrayEntry for `viewer`, or None when the viewer has no ring for it."""
@@ -164,7 +252,7 @@ class StoryReader:
         pipe = self.s.redis.pipeline(transaction=False)
         pipe.hget(self.s.keys.seen(viewer), owner)
         (seen_seq,) = await pipe.execute()
-        items = visible_items(await self.active_items(owner), relation, self.s.clock.now_ms())
+        items = await self.visible_active(viewer, owner, relation)
         state = ring(owner, items, int(seen_seq or 0), own=relation.is_owner)
         entries = await self._entries([state] if state else [])
         return entries[0] if entries else None
@@ -200,5 +288,5 @@ class StoryReader:
         for seq in seqs[:limit]:
             pipe.hgetall(k.item(owner, int(seq)))
         recs = [r for r in map(ItemRecord.from_hash, await pipe.execute()) if r is not None]
-        rendered = await self.render_many(owner, recs, archive=True)
+        rendered = await self.render_many(owner, await self.shown(owner, recs), archive=True)
         return rendered, (offset + limit if more else None)

@@ -89,6 +89,8 @@ class SeenBook:
         if rec.owner != caller:
             await self.reader.visible(caller, text_id)  # 404 when not even visible
             raise Forbidden("only the owner can see who viewed a story item")
+        if rec.shared_from and not await self.reader.shown(caller, [rec]):
+            raise NotFound(f"no story item {text_id}")  # a share ends with its source
         return rec
 
     async def viewers(self, caller: str, text_id: str, cursor: str | None, limit: int) -> Json:

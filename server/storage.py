@@ -63,13 +63,3 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
-
-
-def link_or_copy(storage: LocalStorage, src_key: str, dst_key: str) -> None:
-    """Make `dst_key` hold the same bytes as `src_key` (hard link when possible)."""
-    src, dst = storage.path(src_key), storage.path(dst_key)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)

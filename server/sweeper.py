@@ -6,6 +6,11 @@ the owner + `story.removed` on the bus, through `StoryWriter.end`), then deletes
 media files whose archive retention is over. Reads never wait for it: they
 filter on `expires_at` themselves. Sweeping is idempotent, so a lock lost
 half-way only means the next holder repeats some harmless work.
+
+A share can be due before its own expiry: ending a source first makes its
+shares due (`StoryWriter.end`), so a process that died half-way through is
+finished here — a due share whose source is no longer live is ended, any other
+item that is not expired yet goes back to its own expiry.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import redis.exceptions
 from server.backoff import Backoff, raise_if_cancelling
 from server.items import ItemRecord
 from server.keys import split_item_id
+from server.shares import load_sources
 from server.store import Store
 from server.stories import StoryWriter
 
@@ -67,8 +73,21 @@ class Sweeper:
             if rec is None:
                 await self.s.redis.zrem(self.s.keys.expiry_schedule(), text)
                 continue
+            if rec.status == "active" and rec.expires_ms > now:
+                ended += await self._end_orphan(rec, now)
+                continue
             ended += await self.writer.end(rec, "expired", rec.expires_ms)
         return ended
+
+    async def _end_orphan(self, rec: ItemRecord, now: int) -> int:
+        """A live item made due early: end it if it is a share whose source is not live."""
+        source_id = rec.shared_from
+        source = (await load_sources(self.s, [source_id])).get(source_id) if source_id else None
+        if source_id and (source is None or not source.is_live(now)):
+            reason = source.end_reason(now) if source else "deleted"
+            return int(await self.writer.end(rec, reason, now, source=source))
+        await self.s.redis.zadd(self.s.keys.expiry_schedule(), {rec.id: rec.expires_ms})
+        return 0
 
     async def _collect_media(self) -> int:
         now = self.s.clock.now_ms()
@@ -79,8 +98,9 @@ class Sweeper:
             if parsed:
                 rec = ItemRecord.from_hash(await self.s.redis.hgetall(self.s.keys.item(*parsed)))
                 if rec is not None and rec.status != "active":
-                    self.s.storage.delete(rec.media_key)
-                    self.s.storage.delete(rec.poster_key)
+                    for file_key in (rec.media_key, rec.poster_key):
+                        if file_key:  # a share has none: its media is its source's
+                            self.s.storage.delete(file_key)
                 elif rec is None:
                     self._delete_by_prefix(*parsed)
             await self.s.redis.zrem(key, raw)

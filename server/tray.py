@@ -19,25 +19,38 @@ from server.audience import CODE_AUDIENCES, Relation, can_see
 
 @dataclass(frozen=True)
 class ActiveItem:
-    """One active item as stored in an owner's items index: seq, audience, times in ms."""
+    """One active item as stored in an owner's items index: seq, audience, times in ms.
+
+    `source` is the id of the item a share points at (None for everything else):
+    a share is visible only where its source is (`server/shares.py`).
+    """
 
     seq: int
     audience: str
     created_ms: int
     expires_ms: int
+    source: str | None = None
 
     def member(self) -> str:
-        """The ZSET member encoding `"<seq>|<audience code>|<created_ms>"`."""
+        """The ZSET member: `"<seq>|<audience code>|<created_ms>"`, plus `"|<source id>"`
+        for a share (item ids never hold a `|`)."""
         from server.audience import AUDIENCE_CODES
 
-        return f"{self.seq}|{AUDIENCE_CODES[self.audience]}|{self.created_ms}"
+        base = f"{self.seq}|{AUDIENCE_CODES[self.audience]}|{self.created_ms}"
+        return f"{base}|{self.source}" if self.source else base
 
     @classmethod
     def parse(cls, member: str | bytes, expires_ms: float) -> ActiveItem:
         """Inverse of `member()`; `expires_ms` is the ZSET score."""
         text = member.decode() if isinstance(member, bytes) else member
-        seq, code, created = text.split("|")
-        return cls(int(seq), CODE_AUDIENCES[code], int(created), int(expires_ms))
+        seq, code, created, *source = text.split("|", 3)
+        return cls(
+            int(seq),
+            CODE_AUDIENCES[code],
+            int(created),
+            int(expires_ms),
+            source[0] if source else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,28 @@ def ring(owner_id: str, items: list[ActiveItem], seen_seq: int, *, own: bool) ->
         item_count=len(items),
         latest_ms=max(i.created_ms for i in items),
         first_unseen_seq=unseen[0].seq if unseen else None,
+    )
+
+
+def merge_ring(
+    owner_id: str, base: TrayState | None, extra: list[ActiveItem], seen_seq: int, *, own: bool
+) -> TrayState | None:
+    """`base` (the ring over some visible items) with more visible `extra` items added.
+
+    Equals `ring()` over both sets together: counts add up, `latest` and the
+    first unseen seq are a max and a min. The tray uses it to add the shares whose
+    sources it checked after `tray_scan.lua` computed the rest of the ring.
+    """
+    more = ring(owner_id, sorted(extra, key=lambda i: i.seq), seen_seq, own=own)
+    if base is None or more is None:
+        return base or more
+    firsts = [s for s in (base.first_unseen_seq, more.first_unseen_seq) if s is not None]
+    return TrayState(
+        owner_id=owner_id,
+        has_unseen=base.has_unseen or more.has_unseen,
+        item_count=base.item_count + more.item_count,
+        latest_ms=max(base.latest_ms, more.latest_ms),
+        first_unseen_seq=min(firsts) if firsts else None,
     )
 
 

@@ -15,6 +15,7 @@ import uvicorn
 import websockets
 
 from server.app import create_app
+from server.clock import Clock
 from server.settings import Settings
 
 
@@ -25,13 +26,13 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn serving `create_app(settings)` on 127.0.0.1:<free port> in a thread."""
+    """uvicorn serving `create_app(settings, clock)` on 127.0.0.1:<free port> in a thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        self.app = create_app(settings)
+        self.app = create_app(settings, clock)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 ws="websockets-sansio", ws_max_size=settings.ws_max_frame_bytes,
                                 ws_per_message_deflate=settings.ws_per_message_deflate)  # fmt: skip

@@ -4,19 +4,24 @@ Each Hypothesis example builds the real push stack in-process — `Services.star
 with a real Redis, the real broker and hub — and attaches one hub `Connection`
 per connected user whose transport only records frames. A random graph over
 five users is set up first; then random steps run one at a time: posts with a
-random audience, deletions by the owner, seen marks, and graph edits applied
-through `Graph` plus the same `graph.changed` event the HTTP layer publishes.
+random audience, shares of a random item (refused exactly when the sharer may not
+see it or it is someone else's non-public item), audience changes and deletions
+by the owner, seen marks, and graph edits applied through `Graph` plus the same
+`graph.changed` event the HTTP layer publishes.
 
 After each step the test waits until the step's events have been delivered
 (a marker event sent through every user's inbox, then no pending graph task
 and no queued frame), so every received frame belongs to one step and is
 judged against the model of the graph and items after that step:
 - nobody gets story.new / story.removed / tray.update about an item or owner
-  they may not see (`server.audience.can_see`; tray entries only for followed,
-  not hidden owners), and every tray entry shows exactly the visible items;
-- every connected viewer allowed to see a new item gets story.new for it (and
-  story.removed for a deleted one); the owner's seen-by goes to the owner only,
-  one story.viewed for the item marked seen (never for the earlier ones it covers);
+  they may not see (`server.audience.can_see`, and for a share its source's rules
+  as well: live, hidden, audience; tray entries only for followed, not hidden
+  owners), and every tray entry shows exactly the visible items;
+- every connected viewer allowed to see a new item gets story.new for it, and
+  story.removed for a deleted one, for every share of a deleted source, and for
+  every share they lose when its source narrows; the owner's seen-by goes to the
+  owner only, one story.viewed for the item marked seen (never for the earlier
+  ones it covers);
 - at the end, each connection's tray (snapshot, then tray.update/tray.remove in
   order) equals `reader.tray(user)` — which itself equals the model.
 """
@@ -33,7 +38,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from PIL import Image
@@ -55,10 +60,17 @@ FINAL_QUIET_S = 0.3  # longer than the 250 ms view-count coalescing window
 ALL_PAIRS = [(a, b) for a in range(N_USERS) for b in range(N_USERS) if a != b]
 pairs = st.sampled_from(ALL_PAIRS)
 post = st.tuples(st.just("post"), st.integers(0, N_USERS - 1), st.sampled_from(AUDIENCES))
+share = st.tuples(
+    st.just("share"), st.integers(0, N_USERS - 1), st.integers(0, 50), st.sampled_from(AUDIENCES)
+)
 steps = st.one_of(
     post,
     post,
     post,
+    share,
+    share,
+    st.tuples(st.just("audience"), st.integers(0, 50), st.sampled_from(AUDIENCES)),
+    st.tuples(st.just("source_audience"), st.integers(0, 50), st.sampled_from(AUDIENCES)),
     st.tuples(st.just("delete"), st.integers(0, 50)),
     st.tuples(st.just("seen"), st.integers(0, N_USERS - 1), st.integers(0, 50)),
     st.tuples(
@@ -82,7 +94,7 @@ scenarios = st.fixed_dictionaries(
         "close": edges(1),  # (owner, friend)
         "hidden": edges(1),  # (owner, viewer)
         "connected": st.sets(st.integers(0, N_USERS - 1), min_size=3),
-        "before": st.lists(post, max_size=4),  # posted before anyone connects
+        "before": st.lists(st.one_of(post, share), max_size=5),  # before anyone connects
         "steps": st.lists(steps, min_size=4, max_size=12),
     }
 )
@@ -97,11 +109,13 @@ class Model:
     hidden: set[tuple[str, str]] = field(default_factory=set)
     items: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # id → owner, seq, aud
     seen: dict[tuple[str, str], int] = field(default_factory=dict)  # (viewer, owner) → seq
+    sources: dict[str, str] = field(default_factory=dict)  # share id → its source's id
 
     def copy(self) -> Model:
         return Model(
-            set(self.follows), set(self.close), set(self.hidden), dict(self.items), dict(self.seen)
-        )
+            set(self.follows), set(self.close), set(self.hidden), dict(self.items),
+            dict(self.seen), dict(self.sources),
+        )  # fmt: skip
 
     def relation(self, viewer: str, owner: str) -> Relation:
         if viewer == owner:
@@ -112,10 +126,33 @@ class Model:
             hidden=(owner, viewer) in self.hidden,
         )
 
-    def gets_push(self, viewer: str, owner: str, audience: str) -> bool:
-        """May `viewer` be told about an item of `owner` with `audience` (story.new/removed)?"""
-        rel = self.relation(viewer, owner)
-        return (rel.is_owner or rel.follows) and can_see(rel, audience)
+    def visible(self, viewer: str, iid: str) -> bool:
+        """May `viewer` see live item `iid`? A share also needs its source live and visible."""
+        if iid not in self.items:
+            return False
+        owner, _, audience = self.items[iid]
+        if not can_see(self.relation(viewer, owner), audience):
+            return False
+        source = self.sources.get(iid)
+        if source is None:
+            return True
+        if source not in self.items:
+            return False
+        source_owner, _, source_audience = self.items[source]
+        return can_see(self.relation(viewer, source_owner), source_audience)
+
+    def gets_push(self, viewer: str, iid: str) -> bool:
+        """May `viewer` be told about item `iid` (story.new/removed)?"""
+        rel = self.relation(viewer, self.items[iid][0]) if iid in self.items else None
+        return rel is not None and (rel.is_owner or rel.follows) and self.visible(viewer, iid)
+
+    def end(self, iid: str) -> list[str]:
+        """Delete `iid` and, for a source, its shares; returns every id that ended."""
+        ended = [iid, *sorted(s for s, src in self.sources.items() if src == iid)]
+        for gone in ended:
+            self.items.pop(gone)
+            self.sources.pop(gone, None)
+        return ended
 
     def in_tray(self, viewer: str, owner: str) -> bool:
         rel = self.relation(viewer, owner)
@@ -125,8 +162,9 @@ class Model:
         """The ring facts `viewer` must see for `owner`, or None for no ring."""
         if not self.in_tray(viewer, owner):
             return None
-        rel = self.relation(viewer, owner)
-        seqs = sorted(s for o, s, a in self.items.values() if o == owner and can_see(rel, a))
+        seqs = sorted(
+            s for i, (o, s, _) in self.items.items() if o == owner and self.visible(viewer, i)
+        )
         if not seqs:
             return None
         own = viewer == owner
@@ -228,6 +266,31 @@ async def _post(svc: Services, m: Model, image: Path, owner: dict[str, Any], aud
     return rec.id
 
 
+async def _share(
+    svc: Services, m: Model, users: list[dict[str, Any]], sharer_n: int, pick: int, audience: str
+) -> str | None:
+    """Share the `pick`-th live item as user `sharer_n`, the way http_stories does; the
+    refusals must be exactly the model's. Returns the share's id, or None when refused."""
+    if not m.items:
+        return None
+    sharer = users[sharer_n]
+    iid = sorted(m.items)[pick % len(m.items)]
+    if not m.visible(sharer["id"], iid):
+        with pytest.raises(NotFound):
+            await svc.reader.visible_with_source(sharer["id"], iid)
+        return None
+    original, _, source = await svc.reader.visible_with_source(sharer["id"], iid)
+    if original.audience != "public" and original.owner != sharer["id"]:
+        return None  # 403 over HTTP
+    rec = await svc.writer.share(
+        sharer, original, source, caption=None, audience=audience, lifetime_h=24
+    )
+    m.items[rec.id] = (sharer["id"], rec.seq, audience)
+    m.sources[rec.id] = m.sources.get(iid, iid)
+    assert rec.shared_from == m.sources[rec.id]
+    return rec.id
+
+
 async def _graph_edit(svc: Services, m: Model, kind: str, a: str, b: str, on: bool) -> None:
     """Edit the graph as http_users does; `a` acts on `b`. Publishes graph.changed."""
     g, now = svc.store.graph, svc.store.clock.now_ms()
@@ -271,15 +334,18 @@ async def run_scenario(redis_url: str, root: Path, sc: dict[str, Any]) -> None:
             for a, b in sorted(sc[key]):
                 await _graph_edit(svc, m, kind, ids[a], ids[b], True)
         image = _jpeg(root)
-        for _, owner_n, audience in sc["before"]:
-            await _post(svc, m, image, users[owner_n], audience)
+        for op in sc["before"]:
+            if op[0] == "post":
+                await _post(svc, m, image, users[op[1]], op[2])
+            else:
+                await _share(svc, m, users, *op[1:])
         recs = [Recorder(users[n], settings.ws_send_queue_bytes) for n in sorted(sc["connected"])]
         for r in recs:
             await svc.hub.attach(r.conn)
         await _settle(svc, users, recs, -1)
         models: dict[int, Model] = {-1: m.copy()}
         posted: dict[int, tuple[str, str, str]] = {}  # step → item id, owner, audience
-        deleted: dict[int, tuple[str, str, str]] = {}
+        ended: dict[int, list[str]] = {}  # step → items that may have been taken from viewers
         viewed: dict[int, list[tuple[str, str]]] = {}  # step → [(owner, item id)]
         views: set[tuple[str, str]] = set()  # (viewer, item id) already viewed
         for step, op in enumerate(sc["steps"]):
@@ -288,19 +354,31 @@ async def run_scenario(redis_url: str, root: Path, sc: dict[str, Any]) -> None:
             if op[0] == "post":
                 owner, audience = users[op[1]], op[2]
                 posted[step] = (await _post(svc, m, image, owner, audience), owner["id"], audience)
-            elif op[0] == "delete" and m.items:
-                iid = sorted(m.items)[op[1] % len(m.items)]
-                owner_id, _, audience = m.items.pop(iid)
+            elif op[0] == "share":
+                iid = await _share(svc, m, users, *op[1:])
+                if iid is not None:
+                    posted[step] = (iid, m.items[iid][0], m.items[iid][2])
+            elif op[0] in ("audience", "source_audience") and m.items:
+                shared = sorted(set(m.sources.values()) & set(m.items))
+                pool = shared if op[0] == "source_audience" and shared else sorted(m.items)
+                iid = pool[op[1] % len(pool)]
+                owner_id, seq, _ = m.items[iid]
                 record = await svc.reader.record(iid)
                 assert record is not None
-                await svc.writer.delete(owner_id, record)
-                deleted[step] = (iid, owner_id, audience)
+                await svc.writer.set_audience(owner_id, record, op[2])
+                m.items[iid] = (owner_id, seq, op[2])
+                ended[step] = sorted(s for s, src in m.sources.items() if src == iid)
+            elif op[0] == "delete" and m.items:
+                iid = sorted(m.items)[op[1] % len(m.items)]
+                record = await svc.reader.record(iid)
+                assert record is not None
+                await svc.writer.delete(m.items[iid][0], record)
+                ended[step] = m.end(iid)
             elif op[0] == "seen" and m.items:
                 viewer = users[op[1]]
                 iid = sorted(m.items)[op[2] % len(m.items)]
-                owner_id, seq, audience = m.items[iid]
-                rel = m.relation(viewer["id"], owner_id)
-                if not can_see(rel, audience):
+                owner_id, seq, _ = m.items[iid]
+                if not m.visible(viewer["id"], iid):
                     with pytest.raises(NotFound):
                         await svc.seen.mark_seen(viewer, iid)
                 else:
@@ -315,10 +393,12 @@ async def run_scenario(redis_url: str, root: Path, sc: dict[str, Any]) -> None:
                 _, kind, (a, b), on = op
                 await _graph_edit(svc, m, kind, ids[a], ids[b], on)
             models[step] = m.copy()
+            for u in ids:
+                await _check_reads(svc, m, u, ids)
             await _settle(svc, users, recs, step)
         await _quiet(recs, FINAL_QUIET_S)
         for r in recs:
-            _check_connection(r, models, posted, deleted, viewed)
+            _check_connection(r, models, posted, ended, viewed)
             truth = {e["owner"]["id"]: e for e in await svc.reader.tray(r.uid)}
             assert r.tray() == truth, (r.uid, r.real())
             for owner in ids:
@@ -332,11 +412,37 @@ async def run_scenario(redis_url: str, root: Path, sc: dict[str, Any]) -> None:
         await svc.close()
 
 
+async def _check_reads(svc: Services, m: Model, uid: str, ids: list[str]) -> None:
+    """Every read agrees with the model for `uid`: each item, each owner's stories, media."""
+    for owner in ids:
+        listing = await svc.reader.user_stories(uid, {"id": owner})
+        want = sorted((i for i, v in m.items.items() if v[0] == owner and m.visible(uid, i)),
+                      key=lambda i: m.items[i][1])  # fmt: skip
+        assert [i["id"] for i in listing["items"]] == want, (uid, owner)
+    for iid in m.items:
+        if m.visible(uid, iid):
+            rec = await svc.reader.visible(uid, iid)
+            assert await svc.reader.media_of(rec) is not None
+        else:
+            with pytest.raises(NotFound):
+                await svc.reader.visible(uid, iid)
+
+
+def _removals_wanted(
+    uid: str, step: int, models: dict[int, Model], ended: dict[int, list[str]]
+) -> list[str]:
+    """Items `uid` must get story.removed for at `step`: they saw them and lost them."""
+    before, after = models[step - 1], models[step]
+    return sorted(
+        i for i in ended.get(step, []) if before.gets_push(uid, i) and not after.gets_push(uid, i)
+    )
+
+
 def _check_connection(
     r: Recorder,
     models: dict[int, Model],
     posted: dict[int, tuple[str, str, str]],
-    deleted: dict[int, tuple[str, str, str]],
+    ended: dict[int, list[str]],
     viewed: dict[int, list[tuple[str, str]]],
 ) -> None:
     uid = r.uid
@@ -357,14 +463,15 @@ def _check_connection(
         if kind == "story.new":
             item = e["item"]
             owner = item["owner"]["id"]
-            assert m.gets_push(uid, owner, item["audience"]), ("leaked story.new", uid, item)
+            assert m.gets_push(uid, item["id"]), ("leaked story.new", uid, item)
             assert (item["id"], owner, item["audience"]) == posted.get(step)
             assert item["seen"] == (owner == uid)
+            assert (item["shared_from"] or {}).get("item_id") == m.sources.get(item["id"])
             new_ids.setdefault(step, []).append(item["id"])
         elif kind == "story.removed":
-            iid, owner, audience = deleted[step]
-            assert (e["item_id"], e["owner_id"]) == (iid, owner)
-            assert m.gets_push(uid, owner, audience), ("leaked story.removed", uid, e)
+            iid = e["item_id"]
+            assert iid in _removals_wanted(uid, step, models, ended), ("leaked removal", uid, e)
+            assert e["owner_id"] == models[step - 1].items[iid][0] and e["reason"] == "deleted"
             removed_ids.setdefault(step, []).append(iid)
         elif kind == "tray.update":
             owner = e["entry"]["owner"]["id"]
@@ -379,23 +486,38 @@ def _check_connection(
                 viewed_ids.setdefault(step, []).append(e["item_id"])
         else:
             raise AssertionError(f"unexpected frame {e}")
-    for step, (iid, owner, audience) in posted.items():
-        want = [iid] if models[step].gets_push(uid, owner, audience) else []
+    for step, (iid, _, _) in posted.items():
+        want = [iid] if models[step].gets_push(uid, iid) else []
         assert new_ids.get(step, []) == want, ("story.new", uid, step, iid)
-    for step, (iid, owner, audience) in deleted.items():
-        want = [iid] if models[step].gets_push(uid, owner, audience) else []
-        assert removed_ids.get(step, []) == want, ("story.removed", uid, step, iid)
+    for step in ended:
+        want = _removals_wanted(uid, step, models, ended)
+        assert sorted(removed_ids.get(step, [])) == want, ("story.removed", uid, step)
     for step, pairs_ in viewed.items():
         want = sorted(i for o, i in pairs_ if o == uid)
         assert sorted(viewed_ids.get(step, [])) == want, ("story.viewed", uid, step)
 
 
 @hsettings(
-    max_examples=20,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(sc=scenarios)
+@example(  # a share its source's narrowing takes from user 2 (not user 3: a close friend)
+    sc={
+        "follows": {(2, 1), (3, 1)},
+        "close": {(0, 3)},
+        "hidden": set(),
+        "connected": {1, 2, 3},
+        "before": [("post", 0, "public"), ("share", 1, 0, "public")],
+        "steps": [
+            ("source_audience", 0, "close_friends"),
+            ("seen", 3, 0),
+            ("source_audience", 0, "public"),
+            ("post", 1, "followers"),
+        ],
+    }
+)
 def test_push_respects_audience_and_converges(redis_url: str, sc: dict[str, Any]) -> None:
     root = Path(tempfile.mkdtemp(prefix="push-prop-"))
     try:
