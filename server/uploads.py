@@ -29,6 +29,7 @@ from server.errors import (
     field_error,
 )
 from server.media import MediaLimits, ProcessedMedia, process_media
+from server.scratch import process_dir
 
 COPY_CHUNK = 1024 * 1024
 
@@ -68,8 +69,12 @@ class PostForm:
 
 @asynccontextmanager
 async def workdir(tmp_root: Path) -> AsyncIterator[Path]:
-    """A private temporary folder, removed with everything in it on exit."""
-    path = tmp_root / uuid.uuid4().hex
+    """A private temporary folder, removed with everything in it on exit.
+
+    It lives in this process's folder of `tmp_root` (`scratch.process_dir`), so what a
+    killed process leaves is removed when the next one starts (`scratch.sweep_data_dir`).
+    """
+    path = process_dir(tmp_root) / uuid.uuid4().hex
     path.mkdir(parents=True)
     try:
         yield path
