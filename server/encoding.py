@@ -41,8 +41,11 @@ POSTER_FRAME = 5  # the poster is the 5th encoded frame (not the first, often da
 # x264 settings (bench/capture.py): superfast costs about half of veryfast's CPU per
 # 720x1280 frame on this 2-core machine and keeps CABAC and 8x8 transforms (High
 # profile); zerolatency means no lookahead, so stop() flushes at once; no B-frames
-# keeps audio and video aligned without edit lists.
+# keeps audio and video aligned without edit lists. One x264 thread per capture: the
+# least CPU per frame (about 10 ms at 720x1280 here, frame-threaded or sliced cost more),
+# and concurrent captures use the cores.
 X264_OPTIONS = {
+    "threads": "1",
     "preset": "superfast",
     "tune": "zerolatency",
     "crf": "23",

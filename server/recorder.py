@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 MAX_FPS = 30  # stored video frame rate, at most
 MIN_FRAME_GAP_S = 0.75 / MAX_FPS  # closer frames are skipped (RTP timestamps jitter)
-VIDEO_QUEUE_MAX = 15  # decoded frames waiting for x264 (0.5 s at 30 fps); beyond: drop oldest
+VIDEO_QUEUE_MAX = 10  # decoded frames waiting for x264 (1/3 s at 30 fps); beyond: drop oldest
 AUDIO_QUEUE_MAX = 100  # 2 s of 20 ms frames
 STOP_GRACE_S = 0.25  # how long stop() waits for frames sent before it that are still in flight
 BEHIND_FRAMES = 5  # a video queue this long means the encoder is not keeping up
