@@ -48,6 +48,7 @@ from av.video.frame import VideoFrame
 
 from server.encoding import AudioOut, StoryFile, VideoOut
 from server.lanes import FrameLane
+from server.timeline import TrackTimeline, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ AUDIO_QUEUE_MAX = 100  # 2 s of 20 ms frames
 STOP_GRACE_S = 0.25  # how long stop() waits for frames sent before it that are still in flight
 BEHIND_FRAMES = 5  # a video queue this long means the encoder is not keeping up
 BEHIND_WINDOW_S = 2.0  # ... and so does a frame dropped within this many seconds
-MAX_FRAME_S = 0.25  # the longest a video frame is assumed to last when estimating media end
 
 
 @dataclass(frozen=True)
@@ -84,49 +84,14 @@ class RecordingResult:
     video_skipped: int = 0
 
 
-@dataclass
-class _TrackState:
-    """Event-loop side of one recorded track: its clock, counters and stop progress.
-
-    Times are seconds on the recording's timeline. `first_pts` and `offset_s` map the
-    track's frame pts onto it (RTP spacing, shifted to the arrival of the first frame).
-    `lead_s`: how far ahead of its arrival any frame was placed (0 unless the first frame
-    came late, e.g. a sender that caught up after a stall): a frame placed at `at` was
-    sent at `at - lead_s` at the earliest, which is what the stop is compared with.
-    """
+@dataclass(eq=False)
+class _Track:
+    """One recorded track: its aiortc track, its timeline, and whether it reached the end."""
 
     kind: str
     track: MediaStreamTrack
-    first_pts: int | None = None
-    offset_s: float = 0.0
-    lead_s: float = 0.0
-    last_at: float | None = None  # start of the latest frame handed to the lane
-    end_s: float = 0.0  # where the latest frame handed to the lane ends
-    skipped: int = 0
-    passed: asyncio.Event = field(default_factory=asyncio.Event)  # reached the end
-
-    def place(self, frame: VideoFrame | AudioFrame, arrival_s: float) -> float:
-        """Frame start in seconds; `arrival_s` is its arrival time relative to t=0."""
-        if frame.pts is None or frame.time_base is None:
-            return arrival_s
-        if self.first_pts is None:
-            self.first_pts = frame.pts
-            self.offset_s = arrival_s
-        at = float((frame.pts - self.first_pts) * frame.time_base) + self.offset_s
-        self.lead_s = max(self.lead_s, at - arrival_s)
-        return at
-
-    def cut_s(self, end_at: float) -> float:
-        """The stop point `end_at` (arrival time) on this track's timeline."""
-        return end_at + self.lead_s
-
-    def frame_s(self, frame: VideoFrame | AudioFrame, at: float) -> float:
-        """How long `frame` lasts: audio by its samples, video until the next (estimated)."""
-        if isinstance(frame, AudioFrame) and frame.sample_rate:
-            return frame.samples / frame.sample_rate
-        if self.last_at is None:
-            return 1 / MAX_FPS
-        return min(MAX_FRAME_S, max(1 / MAX_FPS, at - self.last_at))
+    timeline: TrackTimeline
+    passed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class StoryRecorder:
@@ -159,7 +124,7 @@ class StoryRecorder:
         self.finish_reason: str | None = None
         self.first_frame_at: float | None = None  # time.monotonic() of the first frame
         self.last_frame_at: float | None = None  # time.monotonic() of the latest frame
-        self._tracks: dict[str, _TrackState] = {}
+        self._tracks: dict[str, _Track] = {}
         self._lanes: dict[str, FrameLane[tuple[Any, float]]] = {}
         self._end_at: float | None = None  # the stop point on the timeline, once stopping
         self._blackhole = MediaBlackhole()
@@ -189,7 +154,7 @@ class StoryRecorder:
     @property
     def recorded_ms(self) -> int:
         """Milliseconds of timeline handed to the encoders so far."""
-        return int(max((t.end_s for t in self._tracks.values()), default=0.0) * 1000)
+        return int(max((t.timeline.end_s for t in self._tracks.values()), default=0.0) * 1000)
 
     @property
     def behind(self) -> bool:
@@ -206,7 +171,8 @@ class StoryRecorder:
         """Record `track` if it is the first of its kind ("video"/"audio"), else drain it."""
         kind = track.kind
         if kind in ("video", "audio") and kind not in self._tracks and not self._started:
-            self._tracks[kind] = _TrackState(kind, track)
+            gap = MIN_FRAME_GAP_S if kind == "video" else 0.0
+            self._tracks[kind] = _Track(kind, track, TrackTimeline(min_gap_s=gap))
             return
         self._blackhole.addTrack(track)
         if self._started and not self._halted:
@@ -268,7 +234,7 @@ class StoryRecorder:
 
     # ----------------------------------------------------------------- event loop side
 
-    async def _consume(self, state: _TrackState) -> None:
+    async def _consume(self, state: _Track) -> None:
         """Read frames until the track ends or reaches the end point; hand them to the lane."""
         lane = self._lanes[state.kind]
         try:
@@ -289,30 +255,25 @@ class StoryRecorder:
             state.passed.set()
             self._finish("error")
 
-    def _place(self, state: _TrackState, frame: Any) -> float:
+    def _place(self, state: _Track, frame: Any) -> float:
         """Note the arrival of `frame`; return its start on the timeline in seconds."""
         now = time.monotonic()
         if self.first_frame_at is None:
             self.first_frame_at = now
         self.last_frame_at = now
-        return state.place(frame, now - self.first_frame_at)
+        return state.timeline.place(frame.pts, frame.time_base, now - self.first_frame_at)
 
-    def _take(self, state: _TrackState, frame: Any, at: float) -> bool:
+    def _take(self, state: _Track, frame: Any, at: float) -> bool:
         """Whether `frame` (starting at `at`) is recorded; sets `passed` at the end point."""
-        if at * 1000 >= self.max_duration_ms:
-            state.passed.set()
-            self._finish("cap")
-            return False
-        if self._end_at is not None and at >= state.cut_s(self._end_at):
-            state.passed.set()  # every frame sent before the stop has arrived
-            return False
-        if state.kind == "video" and state.last_at is not None:
-            if at - state.last_at < MIN_FRAME_GAP_S:
-                state.skipped += 1
-                return False
-        state.end_s = max(state.end_s, at + state.frame_s(frame, at))
-        state.last_at = at
-        return True
+        cap_s = self.max_duration_ms / 1000
+        audio = isinstance(frame, AudioFrame) and frame.sample_rate
+        length = frame.samples / frame.sample_rate if audio else None
+        verdict = state.timeline.decide(at, length, end_at=self._end_at, cap_s=cap_s)
+        if verdict is Verdict.END:
+            state.passed.set()  # every frame sent before the stop (or the cap) has arrived
+            if at >= cap_s:
+                self._finish("cap")
+        return verdict is Verdict.KEEP
 
     def _note_drops(self) -> None:
         lane = self._lanes.get("video")
@@ -366,10 +327,7 @@ class StoryRecorder:
 
     def _media_end(self) -> float:
         """Where every track ends: the latest track's stop point, or where its media stopped."""
-        ends = [
-            t.end_s if self._end_at is None else min(t.end_s, t.cut_s(self._end_at))
-            for t in self._tracks.values()
-        ]
+        ends = [t.timeline.end(self._end_at) for t in self._tracks.values()]
         return min(max(ends, default=0.0), self.max_duration_ms / 1000)
 
     # ----------------------------------------------------------------- encoder threads
@@ -435,7 +393,7 @@ class StoryRecorder:
             audio_frames=self._audio.frames if self._audio else 0,
             video_ms=ms.get("video", 0), audio_ms=ms.get("audio", 0),
             video_dropped=lane.dropped if lane else 0,
-            video_skipped=self._tracks["video"].skipped if self.has_video else 0,
+            video_skipped=self._tracks["video"].timeline.skipped if self.has_video else 0,
         )  # fmt: skip
 
     def _abort_sync(self) -> None:
