@@ -14,9 +14,11 @@ bench/capture.py):
   (`server/lanes.py`): audio is never serialized behind video, and a video encoder
   that falls behind drops its oldest waiting frames (counted) instead of letting
   aiortc's unbounded queue grow; nothing is encoded on the event loop;
-* timestamps come from the sender's RTP clock, rebased: the first frame that
-  arrives (any track) is t=0, a track's frames keep their RTP spacing, shifted by
-  the arrival time of the track's first frame; audio gaps are filled with silence;
+* timestamps come from the sender's RTP clock, rebased: t=0 is when the first frame
+  to arrive (any track) was sent, as far as the receiver can tell; a track's frames
+  keep their RTP spacing, shifted to when its first frame was sent (its arrival less
+  what aiortc's jitter buffer held it back: `server/timeline.py`); audio gaps are
+  filled with silence;
 * video is stored at most at MAX_FPS: frames closer than MIN_FRAME_GAP_S to the
   previous stored one are skipped (counted), so a 60 fps sender costs what 30 does;
 * stop has a timestamp: `stop()` takes "now" on the timeline (or the cap) as the
@@ -59,6 +61,9 @@ AUDIO_QUEUE_MAX = 100  # 2 s of 20 ms frames
 STOP_GRACE_S = 0.25  # how long stop() waits for frames sent before it that are still in flight
 BEHIND_FRAMES = 5  # a video queue this long means the encoder is not keeping up
 BEHIND_WINDOW_S = 2.0  # ... and so does a frame dropped within this many seconds
+# aiortc's receiver hands a frame out once this many later frames have begun to arrive
+# (server/timeline.py): what places the stop on each track's timeline
+VIDEO_HOLD_FRAMES, AUDIO_HOLD_FRAMES = 1, 4
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class StoryRecorder:
         self.finish_reason: str | None = None
         self.first_frame_at: float | None = None  # time.monotonic() of the first frame
         self.last_frame_at: float | None = None  # time.monotonic() of the latest frame
+        self._t0 = 0.0  # time.monotonic() of t=0 on the recording's timeline
         self._tracks: dict[str, _Track] = {}
         self._lanes: dict[str, FrameLane[tuple[Any, float]]] = {}
         self._end_at: float | None = None  # the stop point on the timeline, once stopping
@@ -171,8 +177,10 @@ class StoryRecorder:
         """Record `track` if it is the first of its kind ("video"/"audio"), else drain it."""
         kind = track.kind
         if kind in ("video", "audio") and kind not in self._tracks and not self._started:
-            gap = MIN_FRAME_GAP_S if kind == "video" else 0.0
-            self._tracks[kind] = _Track(kind, track, TrackTimeline(min_gap_s=gap))
+            video = kind == "video"
+            timeline = TrackTimeline(min_gap_s=MIN_FRAME_GAP_S if video else 0.0,
+                                     hold_frames=VIDEO_HOLD_FRAMES if video else AUDIO_HOLD_FRAMES)  # fmt: skip
+            self._tracks[kind] = _Track(kind, track, timeline)
             return
         self._blackhole.addTrack(track)
         if self._started and not self._halted:
@@ -258,10 +266,13 @@ class StoryRecorder:
     def _place(self, state: _Track, frame: Any) -> float:
         """Note the arrival of `frame`; return its start on the timeline in seconds."""
         now = time.monotonic()
-        if self.first_frame_at is None:
+        audio = isinstance(frame, AudioFrame) and frame.sample_rate
+        length = frame.samples / frame.sample_rate if audio else None
+        if self.first_frame_at is None:  # t=0: when it was sent, as far as we can tell yet
             self.first_frame_at = now
+            self._t0 = now - state.timeline.hold_s(length)
         self.last_frame_at = now
-        return state.timeline.place(frame.pts, frame.time_base, now - self.first_frame_at)
+        return state.timeline.place(frame.pts, frame.time_base, now - self._t0, length)
 
     def _take(self, state: _Track, frame: Any, at: float) -> bool:
         """Whether `frame` (starting at `at`) is recorded; sets `passed` at the end point."""
@@ -273,6 +284,8 @@ class StoryRecorder:
             state.passed.set()  # every frame sent before the stop (or the cap) has arrived
             if at >= cap_s:
                 self._finish("cap")
+        elif state.timeline.is_last(at, self._end_at):
+            state.passed.set()  # the next frame was sent after the stop
         return verdict is Verdict.KEEP
 
     def _note_drops(self) -> None:
@@ -290,7 +303,7 @@ class StoryRecorder:
         """The stop point on the timeline: now, but never past the cap."""
         if self.first_frame_at is None:
             return 0.0
-        now_s = time.monotonic() - self.first_frame_at
+        now_s = time.monotonic() - self._t0
         return min(now_s, self.max_duration_ms / 1000)
 
     async def _halt(self) -> None:
@@ -314,6 +327,11 @@ class StoryRecorder:
     async def _stop(self) -> RecordingResult:
         if not self._halted:
             self._end_at = self._end_point()
+            for t in self._tracks.values():  # its last frame before the stop came already
+                if t.timeline.latest_at is not None and t.timeline.is_last(
+                    t.timeline.latest_at, self._end_at
+                ):
+                    t.passed.set()
             waits = [t.passed.wait() for t in self._tracks.values()]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), STOP_GRACE_S)

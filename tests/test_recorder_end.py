@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,26 @@ def frame_times(path: Path) -> list[float]:
         return [float(f.time) for f in container.decode(video=0)]
 
 
-def hold_video_encoder(capture: Capture) -> tuple[threading.Event, asyncio.Future[Any]]:
-    """Keep the capture's video encoder thread busy until the returned event is set."""
-    assert capture.recorder is not None
-    release = threading.Event()
-    lane = capture.recorder._lanes["video"]
-    return release, asyncio.ensure_future(lane.run(release.wait))
+Hold = Callable[[Capture], tuple[threading.Event, "asyncio.Future[Any]"]]
+
+
+@pytest.fixture
+def hold_video_encoder() -> Iterator[Hold]:
+    """`hold(capture)` keeps the capture's video encoder thread busy until the returned
+    event is set; every hold is released at teardown (before the manager closes), also
+    when the test failed while holding."""
+    releases: list[threading.Event] = []
+
+    def hold(capture: Capture) -> tuple[threading.Event, asyncio.Future[Any]]:
+        assert capture.recorder is not None
+        release = threading.Event()
+        releases.append(release)
+        lane = capture.recorder._lanes["video"]
+        return release, asyncio.ensure_future(lane.run(release.wait))
+
+    yield hold
+    for release in releases:
+        release.set()
 
 
 @pytest.mark.parametrize("fps", [5, 60])
@@ -58,7 +73,7 @@ async def test_every_track_ends_at_the_stop_at_any_frame_rate(
     manager, calls, _ = await env()
     client, capture = await connect(manager, "ana", sizes=SMALL, fps=fps)
     clients.append(client)
-    stop_at = await client.media_time(3.0)
+    stop_at = await client.media_time(3.0 + 0.5 / fps)  # half-way between two frames
     sent_before_stop = client.video.sent
     await manager.stop("ana", capture.id)  # the client is still sending
     assert client.video.first_sent_at is not None
@@ -73,13 +88,16 @@ async def test_every_track_ends_at_the_stop_at_any_frame_rate(
     # every frame sent before the stop is stored, skipped (above MAX_FPS) or counted as
     # dropped; none sent after it is stored (the client went on sending)
     accounted = result.video_frames + result.video_skipped + result.video_dropped
-    assert sent_before_stop - 3 <= accounted <= sent_before_stop + 1, result
+    # at 5 fps the last frame before the stop leaves aiortc's jitter buffer only when the
+    # first one after it arrives, 200 ms later: it is kept all the same
+    slack = 0 if fps <= 30 else 1
+    assert sent_before_stop - slack <= accounted <= sent_before_stop + 1, result
     stored_fps = min(fps, MAX_FPS)
     assert abs(result.video_frames + result.video_dropped - stored_fps * sent_ms / 1000) <= 4
 
 
 async def test_a_video_encoder_that_falls_behind_drops_its_oldest_frames(
-    env: Any, clients: list[Client]
+    env: Any, clients: list[Client], hold_video_encoder: Hold
 ) -> None:
     manager, calls, _ = await env()
     client, capture = await connect(manager, "bea", sizes=SMALL)
@@ -113,7 +131,9 @@ async def test_a_video_encoder_that_falls_behind_drops_its_oldest_frames(
     assert times[-1] * 1000 >= result.duration_ms - 200, times[-5:]
 
 
-async def test_no_new_capture_while_an_encoder_is_behind(env: Any, clients: list[Client]) -> None:
+async def test_no_new_capture_while_an_encoder_is_behind(
+    env: Any, clients: list[Client], hold_video_encoder: Hold
+) -> None:
     manager, _, _ = await env(max_concurrent=3)
     client, capture = await connect(manager, "cy", sizes=SMALL)
     second, third = Client(sizes=SMALL), Client(sizes=SMALL)
