@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -66,6 +67,7 @@ TARGET_AV_S = 0.1  # audio vs video duration in the file
 TARGET_STOP_S = 0.5  # stop -> playable, with the machine loaded
 MB = 1024 * 1024
 IDLE_PROBE_S = 3.0
+EDGE_S = 0.01  # frames sent this close before the stop are not counted as "before" it
 
 
 def phases() -> list[dict[str, Any]]:
@@ -580,7 +582,7 @@ async def run_once(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         w1 = (time.perf_counter(), server.cpu_s(), self_cpu_s(), system_busy_s())
         # stop while the clients go on sending, as a user taps stop
         stop_mono = time.monotonic()
-        sent = [(c.video.sent, c.audio.sent if c.audio else 0) for c in clients]
+        sent = [sent_before(c, stop_mono) for c in clients]
         stopped = await rpc.call("stop", users=users, timeout_s=60)
         await sampler.stop()
     finally:
@@ -601,6 +603,24 @@ async def run_once(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
                 verify, result.get("path"), result.get("poster"), result.get("video_frames", 0)
             )
     return run_figures(spec, captures, stopped, window_s, w0, w1, rss_base, sampler)
+
+
+def sent_before(client: Any, stop_mono: float) -> tuple[int, int]:
+    """(video, audio) frames `client` had sent at least EDGE_S before `stop_mono`.
+
+    A frame handed to the sender's encoder in the last EDGE_S before the stop is not
+    counted: it is still being encoded and in transit when the stop comes, and no
+    receiver can tell it from one sent after (at 5 fps that one frame is 2.5 %).
+    """
+
+    def count(sent: int, first: float | None, interval_s: float) -> int:
+        if first is None:
+            return 0
+        return max(0, min(sent, math.ceil((stop_mono - EDGE_S - first) / interval_s)))
+
+    video = count(client.video.sent, client.video.first_sent_at, 1 / client.video.fps)
+    audio = client.audio
+    return video, count(audio.sent, audio.start, 0.02) if audio else 0
 
 
 def capture_figures(
@@ -866,6 +886,11 @@ the bench's own manager admits more, to show where quality drops.
 concurrency phase: {s["largest_n_kept_target"]}.
 
 {table}
+
+`capture_max_concurrent` defaults to {MAX_N}: the row at N = {MAX_N + 1} is what one more
+costs on these 2 cores (server and senders together saturate them, and the recorders
+drop frames); with senders elsewhere the server alone needs about
+{s["recorder_cpu_per_capture_s_median"]} of a core per capture.
 
 "Cores busy" splits the machine over the sending window: the server process, the
 benchmark's own process (the N clients encoding VP8/Opus) and everything else on this

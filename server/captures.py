@@ -61,7 +61,7 @@ class CaptureConfig:
     """
 
     max_duration_ms: int = 15_000
-    max_concurrent: int = 3
+    max_concurrent: int = 2
     max_sdp_bytes: int = 20_000
     min_keep_ms: int = 1_000
     no_media_timeout_ms: int = 10_000
