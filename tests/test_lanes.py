@@ -91,3 +91,47 @@ async def test_clear_and_close() -> None:
 def test_max_items_must_be_positive() -> None:
     with pytest.raises(ValueError):
         FrameLane("lane-test", print, 0)
+
+
+async def test_a_job_runs_before_items_put_after_it_while_the_thread_is_busy() -> None:
+    """The lane's thread is inside `sink` (one long frame) when a job and more items come:
+    the job still runs right after the items before it, and what comes after waits."""
+    order: list[str] = []
+    in_sink, release = threading.Event(), threading.Event()
+
+    def sink(item: str) -> None:
+        if item == "slow":
+            in_sink.set()
+            release.wait()
+        order.append(item)
+
+    lane = FrameLane("lane-test", sink, 3)
+    lane.put("slow")
+    await asyncio.to_thread(in_sink.wait)
+    lane.put("before")
+    job = asyncio.ensure_future(lane.run(order.append, "job"))
+    await asyncio.sleep(0)
+    for i in range(5):  # the job holds these back: the oldest go beyond max_items
+        lane.put(f"after{i}")
+    assert lane.backlog == 3 and lane.dropped == 3  # "before" and after0, after1 went
+    release.set()
+    await job
+    await lane.drain()
+    assert order == ["slow", "job", "after2", "after3", "after4"]
+    lane.close()
+
+
+async def test_close_cancels_waiting_jobs_and_refuses_new_ones() -> None:
+    release = threading.Event()
+    lane: FrameLane[int] = FrameLane("lane-test", lambda i: None, 3)
+    held = asyncio.ensure_future(lane.run(release.wait))
+    await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(lane.run(lambda: "never"))
+    await asyncio.sleep(0)
+    lane.close()
+    release.set()
+    await held
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    with pytest.raises(RuntimeError):
+        await lane.run(lambda: None)

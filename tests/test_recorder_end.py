@@ -119,7 +119,10 @@ async def test_a_video_encoder_that_falls_behind_drops_its_oldest_frames(
     durations = stream_ms(result.path)
     print(f"\nsent {sent_before_stop} video, {audio_before_stop} audio; {result}; {durations}")
     assert result.video_dropped >= 40 - VIDEO_QUEUE_MAX - 10, result
-    assert sent_before_stop - 3 <= result.video_frames + result.video_dropped <= sent_before_stop
+    # (+1: a sender starved of CPU stamps a frame it sends just after the stop before it)
+    assert (
+        sent_before_stop - 3 <= result.video_frames + result.video_dropped <= sent_before_stop + 1
+    )
     # audio has its own encoder: nothing of it waited for the held video encoder
     assert audio_before_stop - 5 <= result.audio_frames <= audio_before_stop + 1, result
     assert abs(result.duration_ms - sent_ms) <= 300, (result, sent_ms)
