@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import aioice.ice
 import httpx
+import psutil
 import pytest
 
 from server import procs
@@ -83,7 +85,8 @@ async def test_server_killed_mid_capture_leaves_no_partial_file(tmp_path):
         with serving(data, port, "--dev-login") as (proc, _):
             await asyncio.to_thread(ready, base)
             async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-                bob = await asyncio.to_thread(User, httpx.Client(base_url=base), "bob")
+                with httpx.Client(base_url=base, timeout=10) as sync:
+                    bob = await asyncio.to_thread(User, sync, "bob")
                 offer = {"sdp": await camera.offer_sdp(), "type": "offer"}
                 r = await http.post("/api/v1/captures", json=offer, headers=bob.headers)
                 assert r.status_code == 201, r.text
@@ -119,5 +122,31 @@ def test_uploads_work_in_the_process_folder(tmp_path):
             wait_until(lambda: (data / "tmp").is_dir(), 5, "tmp dir")
             assert [p.name for p in (data / "tmp").iterdir()] == [procs.process_tag(proc.pid)]
             assert files_under(data / "tmp") == []  # the upload's folder went with it
+    finally:
+        stop_all(redis_serving(data))
+
+
+def test_a_restarted_worker_removes_a_dead_workers_folder_and_keeps_the_live_ones(tmp_path):
+    """`--workers 2` share the data dir: when one is killed, uvicorn starts another, which
+    removes the dead worker's partial files and leaves the live worker's in-progress ones."""
+    data = tmp_path / "d"
+    port = free_port()
+    try:
+        with serving(data, port, "--workers", "2") as (proc, log):
+            ready(f"http://127.0.0.1:{port}")
+            captures = data / "captures"
+            wait_until(lambda: len(list(captures.iterdir())) == 2, 30, "a folder per worker")
+            workers = {p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)}
+            folders = {d.name: d for d in captures.iterdir()}
+            tags = {procs.process_tag(pid): pid for pid in workers}
+            assert set(folders) <= set(tags), (folders, tags)
+            for folder in folders.values():  # each worker is writing a capture
+                (folder / "c.mp4.part").write_bytes(b"half")
+            dead, live = sorted(folders)
+            os.kill(tags[dead], signal.SIGKILL)
+            wait_until(lambda: not folders[dead].exists(), 30, "the dead worker's folder gone")
+            assert (folders[live] / "c.mp4.part").read_bytes() == b"half"
+            assert len(list(captures.iterdir())) == 2  # the live one's and the new worker's
+            assert "Traceback" not in log.read_text()
     finally:
         stop_all(redis_serving(data))
