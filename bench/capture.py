@@ -1,21 +1,26 @@
 """Live-capture benchmark: N concurrent WebRTC captures of real footage into `CaptureManager`.
 
-`python bench/capture.py` runs, for 480x854 (N = 1-4) and 720x1280 (N = 1, 2) city.mpg
-footage paced in real time at 25 fps with a 440 Hz tone (the aiortc `Client` of
+`python bench/capture.py` runs these phases, each with N aiortc clients sending city.mpg
+footage (480x854 or 720x1280, paced in real time) and a 440 Hz tone (the `Client` of
 tests/test_capture_core.py, VP8 + Opus as aiortc negotiates by default):
 
-* the server side in a fresh `multiprocessing` (spawn) child per run, so its CPU and RSS
-  are its own: either a `CaptureManager` (the recorder) or, as the baseline, a plain
-  `RTCPeerConnection` whose tracks go to aiortc's `MediaBlackhole` (receive + decode only);
-* the client senders in this process; the SDP offer and answer travel over a pipe.
+* concurrency: 480p at 30 fps, N = 1 .. `capture_max_concurrent` + 1 (the default of
+  `Settings`; the bench's own manager admits more, to show where quality drops);
+* frame rate: 5 and 60 fps at N = `capture_max_concurrent`;
+* one long 720p capture (stop -> playable of a 15 s file);
+* the baseline: the same clients into a plain `RTCPeerConnection` whose tracks go to
+  aiortc's `MediaBlackhole` (receive + decode only), at N = 1 and at the maximum.
 
-Per run it measures the server process's CPU seconds per captured second (psutil, all
-threads, over the window in which all N captures are sending), frames sent by the clients
-versus frames delivered by aiortc and encoded by the recorder, the RSS peak over the
-process's own baseline, `CaptureManager.stop()` latency (with the `StoryRecorder.stop()`
-part) and, after the run, decodes every file with PyAV. Both sides use
-`RTCConfiguration(iceServers=[])` and offer only 127.0.0.1 as ICE host candidate: no
-packet leaves the machine. Every child process is stopped by its PID.
+Every capture is stopped while its client is still sending, as a user taps stop: the
+frames sent before the stop must be in the file, those sent after it must not. Per
+capture it records frames sent before the stop against frames stored (and the
+recorder's own counts of frames dropped because its encoder fell behind and frames
+skipped above 30 fps), the stored duration against the time the client sent, audio
+against video duration, and `CaptureManager.stop()` latency (stop -> playable file)
+with its parts. The server side runs in a fresh `multiprocessing` (spawn) child per
+run, so its CPU and RSS are its own; the clients run in this process; offer and answer
+cross a pipe. Both sides use `iceServers: []` and offer only 127.0.0.1: no packet leaves
+the machine. Every child process is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -46,28 +52,41 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import harness as h  # noqa: E402
+from server.recorder import VIDEO_QUEUE_MAX  # noqa: E402
+from server.settings import Settings  # noqa: E402
 
 NAME = "capture"
 P480, P720 = (480, 854), (720, 1280)  # (width, height) sent by the clients
-# (label, size, N, capture seconds): each runs twice, baseline sink first, then the recorder
-SCENARIOS: list[tuple[str, tuple[int, int], int, float]] = [
-    ("480p", P480, 1, 8.0),
-    ("480p", P480, 2, 8.0),
-    ("480p", P480, 3, 8.0),
-    ("480p", P480, 4, 8.0),
-    ("720p", P720, 1, 15.0),
-    ("720p", P720, 2, 8.0),
-]
-BASELINE_MAX_S = 8.0  # the baseline sink's capture length (CPU per second is a rate)
-DRAIN_S = 0.6  # after the clients stop sending video, before stop(): frames in flight land
+MAX_N = Settings().capture_max_concurrent  # the shipped default
+CAPTURE_S = 8.0
 SAMPLE_S = 0.2  # RSS / thread sampling of the server process
-PROBE_S = 0.05  # event-loop lag and decoded-frame backlog probe inside the server process
-TARGET_STOP_S = 0.5  # stop -> playable item for a 15 s 720p capture
-TARGET_LOSS_PCT = 2.0
-TARGET_N_480 = 3
+PROBE_S = 0.05  # event-loop lag probe inside the server process
+TARGET_KEPT_PCT = 98.0  # of the frames sent before the stop, at MAX_N captures
+TARGET_DURATION_S = 0.3  # stored vs sent, at 5-60 fps
+TARGET_AV_S = 0.1  # audio vs video duration in the file
+TARGET_STOP_S = 0.5  # stop -> playable, with the machine loaded
 MB = 1024 * 1024
-FPS = 25  # CityVideo's rate
 IDLE_PROBE_S = 3.0
+EDGE_S = 0.01  # frames sent this close before the stop are not counted as "before" it
+
+
+def phases() -> list[dict[str, Any]]:
+    """Every run: phase, footage label and size, N, capture seconds, fps, mode."""
+    runs = []
+
+    def add(phase: str, label: str, size: tuple[int, int], n: int, secs: float, fps: int,
+            mode: str = "recorder") -> None:  # fmt: skip
+        runs.append({"phase": phase, "label": label, "size": size, "n": n, "capture_s": secs,
+                     "fps": fps, "mode": mode})  # fmt: skip
+
+    for n in (1, MAX_N):
+        add("baseline", "480p", P480, n, CAPTURE_S, 30, "blackhole")
+    for n in range(1, MAX_N + 2):
+        add("concurrency", "480p", P480, n, CAPTURE_S, 30)
+    for fps in (5, 60):
+        add("frame rate", "480p", P480, MAX_N, CAPTURE_S, fps)
+    add("long 720p", "720p", P720, 1, 15.0, 30)
+    return runs
 
 
 def loopback_only() -> None:
@@ -78,40 +97,79 @@ def loopback_only() -> None:
 # =========================================================================== server process
 
 
-def count_frames(track: Any, counts: Counter[str], total: Counter[str]) -> None:
+def count_frames(track: Any, counts: Counter[str]) -> None:
     """Count every frame `track.recv()` hands out (instance attribute wraps the method)."""
     recv = track.recv
 
     async def counting_recv() -> Any:
         frame = await recv()
         counts[track.kind] += 1
-        total[track.kind] += 1
         return frame
 
     track.recv = counting_recv
 
 
 class Probe:
-    """Max event-loop lag (50 ms sleeps) and max decoded-frame backlog of the video tracks."""
+    """Max event-loop lag (50 ms sleeps) in the server process."""
 
     def __init__(self) -> None:
-        self.tracks: list[Any] = []
-        self.delivered: Counter[str] = Counter()  # frames consumed, every track of the process
         self.lag_s = 0.0
-        self.backlog = 0
-
-    def mark(self) -> None:
-        self.lag_s, self.backlog = 0.0, 0
 
     async def run(self) -> None:
         while True:
             t0 = time.perf_counter()
             await asyncio.sleep(PROBE_S)
             self.lag_s = max(self.lag_s, time.perf_counter() - t0 - PROBE_S)
-            for track in self.tracks:  # aiortc's unbounded RemoteStreamTrack queue
-                queue = getattr(track, "_queue", None)
-                if queue is not None and track.kind == "video":
-                    self.backlog = max(self.backlog, queue.qsize())
+
+
+class StopClock:
+    """Times the parts of `StoryRecorder.stop()` (instrumentation only, wraps methods):
+    waiting for frames in flight, draining the lanes (backlog), finishing the file."""
+
+    def __init__(self) -> None:
+        from server.recorder import StoryRecorder
+
+        self.marks: dict[int, dict[str, float]] = {}
+        clock = self
+
+        def wrap_async(name: str) -> None:
+            original = getattr(StoryRecorder, name)
+
+            async def timed(rec: Any, *args: Any) -> Any:
+                marks, t0 = clock.marks.setdefault(id(rec), {}), time.perf_counter()
+                marks.setdefault(f"{name}_at", t0)
+                try:
+                    return await original(rec, *args)
+                finally:
+                    marks.setdefault(name, time.perf_counter() - t0)
+
+            setattr(StoryRecorder, name, timed)
+
+        def wrap_sync(name: str) -> None:
+            original = getattr(StoryRecorder, name)
+
+            def timed(rec: Any, *args: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return original(rec, *args)
+                finally:
+                    clock.marks.setdefault(id(rec), {})[name] = time.perf_counter() - t0
+
+            setattr(StoryRecorder, name, timed)
+
+        for name in ("stop", "_halt", "_settle_lanes"):
+            wrap_async(name)
+        wrap_sync("_finish_sync")
+
+    def parts_ms(self, rec: Any) -> dict[str, float]:
+        m = self.marks.get(id(rec), {})
+        if not {"stop_at", "_halt_at", "_settle_lanes"} <= set(m):
+            return {}
+        return {
+            "in_flight": round((m["_halt_at"] - m["stop_at"]) * 1000, 1),
+            "backlog": round(m["_settle_lanes"] * 1000, 1),
+            "finish": round(m.get("_finish_sync", 0.0) * 1000, 1),
+        }
 
 
 class RecorderSide:
@@ -122,80 +180,39 @@ class RecorderSide:
         from server.recorder import StoryRecorder
 
         self.probe = probe
+        self.clock = StopClock()
         self.counts: dict[str, Counter[str]] = {}
         self.captures: dict[str, Any] = {}
         self.recorders: dict[str, Any] = {}
         self.failed: list[str] = []
-        self.stop_times: dict[int, float] = {}
-
-        # instrumentation only: count delivered frames, time StoryRecorder.stop()
-        add_track, stop = StoryRecorder.add_track, StoryRecorder.stop
-        finish = StoryRecorder._finish_sync
-        self.stop_started: dict[int, float] = {}
-        self.stop_parts: dict[int, dict[str, float]] = {}
+        add_track = StoryRecorder.add_track
         side = self
 
         def counting_add_track(rec: Any, track: Any) -> None:
-            counts = side.counts.setdefault(str(rec.path.stem), Counter())
-            count_frames(track, counts, side.probe.delivered)
-            side.probe.tracks.append(track)
+            count_frames(track, side.counts.setdefault(str(rec.path.stem), Counter()))
             add_track(rec, track)
 
-        async def timed_stop(rec: Any) -> Any:
-            t0 = time.perf_counter()
-            side.stop_started.setdefault(id(rec), t0)
-            try:
-                return await stop(rec)
-            finally:
-                side.stop_times.setdefault(id(rec), time.perf_counter() - t0)
-
-        def timed_finish(rec: Any) -> Any:
-            """Split `_finish_sync` (encoder thread): flushes, close (moov), publish."""
-            parts: dict[str, float] = {}
-            t0 = time.perf_counter()
-            parts["halt_and_queue"] = t0 - side.stop_started.get(id(rec), t0)
-
-            def timed(name: str, fn: Any) -> Any:
-                def run(*args: Any) -> Any:
-                    t = time.perf_counter()
-                    try:
-                        return fn(*args)
-                    finally:
-                        parts[name] = time.perf_counter() - t
-
-                return run
-
-            for name, out in (("x264_flush", rec._video), ("aac_flush", rec._audio)):
-                if out is not None:
-                    out.flush = timed(name, out.flush)
-            rec._publish_sync = timed("publish", rec._publish_sync)
-            try:
-                return finish(rec)
-            finally:
-                total = time.perf_counter() - t0
-                parts["close"] = total - sum(
-                    parts.get(k, 0.0) for k in ("x264_flush", "aac_flush", "publish")
-                )
-                side.stop_parts[id(rec)] = {k: round(v * 1000, 1) for k, v in parts.items()}
-
         StoryRecorder.add_track = counting_add_track  # type: ignore[method-assign]
-        StoryRecorder.stop = timed_stop  # type: ignore[method-assign]
-        StoryRecorder._finish_sync = timed_finish  # type: ignore[method-assign]
 
         async def on_finished(capture: Any, result: Any) -> dict[str, Any]:
             return {
                 "path": str(result.path),
                 "poster": str(result.poster_path) if result.poster_path else None,
                 "duration_ms": result.duration_ms,
+                "video_ms": result.video_ms,
+                "audio_ms": result.audio_ms,
                 "video_frames": result.video_frames,
                 "audio_frames": result.audio_frames,
+                "video_dropped": result.video_dropped,
+                "video_skipped": result.video_skipped,
             }
 
         async def on_failed(capture: Any, detail: str) -> None:
             self.failed.append(f"{capture.user_id}: {capture.ended_by}: {detail}")
 
-        # cap well above the longest capture so no frame is dropped by the cap
-        config = CaptureConfig(max_duration_ms=30_000, max_concurrent=8)
+        # the cap well above the longest capture; admits more than the shipped default,
+        # to measure where quality drops (the `behind` check still applies)
+        config = CaptureConfig(max_duration_ms=30_000, max_concurrent=16)
         self.manager = CaptureManager(config, workdir, on_finished, on_failed)
 
     async def offer(self, user: str, sdp: str) -> str:
@@ -205,16 +222,16 @@ class RecorderSide:
 
     async def stop(self, user: str) -> dict[str, Any]:
         capture, recorder = self.captures[user], self.recorders[user]
-        queued = recorder._tracks["video"]._queue.qsize()  # decoded, not yet consumed
+        lanes = recorder._lanes
+        backlog = lanes["video"].backlog if "video" in lanes else 0
         t0 = time.perf_counter()
-        out: dict[str, Any] = {"backlog_at_stop": queued}
+        out: dict[str, Any] = {"backlog_at_stop": backlog}
         try:
             out["result"] = await self.manager.stop(user, capture.id)
         except Exception as exc:
             out["error"] = f"{type(exc).__name__}: {exc}"
         out["stop_s"] = time.perf_counter() - t0
-        out["recorder_stop_s"] = self.stop_times.get(id(recorder))
-        out["recorder_stop_ms_parts"] = self.stop_parts.get(id(recorder))
+        out["stop_parts_ms"] = self.clock.parts_ms(recorder)
         out["ended_by"] = capture.ended_by
         out["delivered"] = dict(self.counts.get(capture.id, Counter()))
         return out
@@ -223,7 +240,6 @@ class RecorderSide:
         """Drop the benchmark's own references, so a leak check sees only the server's."""
         self.captures.clear()
         self.recorders.clear()
-        self.probe.tracks.clear()
 
     async def close(self) -> None:
         await self.manager.close()
@@ -247,8 +263,7 @@ class BlackholeSide:
 
         @pc.on("track")
         def on_track(track: Any) -> None:
-            count_frames(track, counts, self.probe.delivered)
-            self.probe.tracks.append(track)
+            count_frames(track, counts)
             hole.addTrack(track)
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -266,7 +281,7 @@ class BlackholeSide:
         return {"stop_s": time.perf_counter() - t0, "delivered": dict(counts)}
 
     def forget(self) -> None:
-        self.probe.tracks.clear()
+        pass
 
     async def close(self) -> None:
         for user in list(self.peers):
@@ -329,15 +344,11 @@ async def serve(conn: Any, mode: str, workdir: Path) -> None:
             elif cmd == "offer":
                 reply["sdp"] = await side.offer(msg["user"], msg["sdp"])
             elif cmd == "mark":
-                probe.mark()
-                reply["video_delivered"] = probe.delivered["video"]
-            elif cmd == "progress":
-                reply["video_delivered"] = probe.delivered["video"]
+                probe.lag_s = 0.0
             elif cmd == "stop":
-                lag_s, backlog = probe.lag_s, probe.backlog
+                lag_s = probe.lag_s
                 reply["stops"] = await asyncio.gather(*(side.stop(u) for u in msg["users"]))
                 reply["loop_lag_max_ms"] = round(lag_s * 1000, 1)
-                reply["video_backlog_max"] = backlog
                 reply["failed"] = side.failed
                 side.forget()
                 await asyncio.sleep(0.05)  # aiortc's own tasks of the closed connections end
@@ -533,12 +544,11 @@ def verify(path: str | None, poster: str | None, video_frames: int) -> dict[str,
     return out
 
 
-async def run_once(
-    mode: str, label: str, size: tuple[int, int], n: int, capture_s: float, workdir: Path
-) -> dict[str, Any]:
-    """One server process, N clients sending `capture_s` seconds each, stop, measure."""
+async def run_once(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """One server process, N clients sending `capture_s` seconds each, stop while sending."""
     from tests.test_capture_core import Client, until
 
+    mode, n, fps, capture_s = spec["mode"], spec["n"], spec["fps"], spec["capture_s"]
     workdir.mkdir(parents=True, exist_ok=True)
     server = ServerChild(mode, workdir)
     clients: list[Any] = []
@@ -549,7 +559,7 @@ async def run_once(
         rss_base = sampler.sample()
         sampler.peak_rss = rss_base
         sampler.start()
-        clients = [Client(sizes=[size]) for _ in range(n)]
+        clients = [Client(sizes=[spec["size"]], fps=fps) for _ in range(n)]
         users = [f"u{i}" for i in range(n)]
 
         async def connect(user: str, client: Any) -> tuple[str, float]:
@@ -560,152 +570,151 @@ async def run_once(
             await client.accept(reply["sdp"])
             return video_codec(reply["sdp"]), offer_s
 
-        t_connect = time.monotonic()
         connected = await asyncio.gather(
             *(connect(u, c) for u, c in zip(users, clients, strict=True))
         )
         await until(lambda: all(c.video.first_sent_at is not None for c in clients), 30)
-        connect_s = time.monotonic() - t_connect
-
+        await rpc.call("mark")
         # the window: every client is sending, until the earliest one has sent `capture_s`
         w0 = (time.perf_counter(), server.cpu_s(), self_cpu_s(), system_busy_s())
-        sent0 = sum(c.video.sent for c in clients)
-        done0 = (await rpc.call("mark"))["video_delivered"]
         end = min(c.video.first_sent_at for c in clients) + capture_s
         await asyncio.sleep(max(0.0, end - time.monotonic()))
         w1 = (time.perf_counter(), server.cpu_s(), self_cpu_s(), system_busy_s())
-        sent1 = sum(c.video.sent for c in clients)
-        done1 = (await rpc.call("progress"))["video_delivered"]
-        rss_end = sampler.sample()
-        frozen_at = time.monotonic()
-        for c in clients:
-            c.video.frozen.set()  # video stops; audio goes on, as a browser would
-        sent = [c.video.sent for c in clients]  # the last one stays in the jitter buffer
-        audio_sent = [c.pc.getTransceivers()[1].sender.track.sent for c in clients]
-        await asyncio.sleep(DRAIN_S)
-
-        s0 = (time.perf_counter(), server.cpu_s())
+        # stop while the clients go on sending, as a user taps stop
+        stop_mono = time.monotonic()
+        sent = [sent_before(c, stop_mono) for c in clients]
         stopped = await rpc.call("stop", users=users, timeout_s=60)
-        s1 = (time.perf_counter(), server.cpu_s())
         await sampler.stop()
-        await asyncio.sleep(0.5)
-        rss_after = sampler.sample()
     finally:
         await sampler.stop()
         for c in clients:
             with contextlib.suppress(Exception):
                 await c.close()
         await server.stop()
-
     window_s = w1[0] - w0[0]
-    server_cpu = w1[1] - w0[1]
-    captures = []
-    for i, stop in enumerate(stopped["stops"]):
-        client = clients[i]
-        assert client.video.first_sent_at is not None
-        sending_s = frozen_at - client.video.first_sent_at
-        delivered = stop.get("delivered", {}).get("video", 0)
-        result = stop.get("result") or {}
-        received = result.get("video_frames", delivered) if mode == "recorder" else delivered
-        # aiortc's jitter buffer emits a frame when the next frame's first packet arrives,
-        # so the last frame sent before the client stops can never come out: not counted
-        expected = sent[i] - 1
-        cap: dict[str, Any] = {
-            "codec": connected[i][0],
-            "offer_s": round(connected[i][1], 3),
-            "sent": sent[i],
-            "expected": expected,
-            "client_fps": round(sent[i] / sending_s, 2),
-            "delivered": delivered,
-            "received": received,
-            "lost": expected - received,
-            "lost_pct": round(100 * (expected - received) / expected, 2) if expected else None,
-            "audio_sent": audio_sent[i],
-            "audio_delivered": stop.get("delivered", {}).get("audio", 0),
-            "stop_s": round(stop["stop_s"], 3),
-        }
-        if mode == "recorder":
-            rec_stop = stop.get("recorder_stop_s")
-            cap |= {
-                "recorder_stop_s": round(rec_stop, 3) if rec_stop is not None else None,
-                "recorder_stop_ms_parts": stop.get("recorder_stop_ms_parts"),
-                "backlog_at_stop": stop.get("backlog_at_stop"),
-                # where the lost frames went: still queued (decoded) when stop() came,
-                # never released by aiortc (network, jitter buffer, decoder), or taken
-                # from the track but not encoded
-                "lost_queued_at_stop": stop.get("backlog_at_stop"),
-                "lost_in_transport": expected - delivered - (stop.get("backlog_at_stop") or 0),
-                "lost_in_recorder": delivered - received,
-                "ended_by": stop.get("ended_by"),
-                "result": result,
-                "error": stop.get("error"),
-                "verify": await asyncio.to_thread(
-                    verify, result.get("path"), result.get("poster"), result.get("video_frames", 0)
-                ),
-            }
-        captures.append(cap)
+    captures = [
+        capture_figures(mode, stop, clients[i], sent[i], stop_mono, connected[i])
+        for i, stop in enumerate(stopped["stops"])
+    ]
+    if mode == "recorder":
+        for cap in captures:
+            result = cap.get("result") or {}
+            cap["verify"] = await asyncio.to_thread(
+                verify, result.get("path"), result.get("poster"), result.get("video_frames", 0)
+            )
+    return run_figures(spec, captures, stopped, window_s, w0, w1, rss_base, sampler)
 
-    total_sent = sum(c["expected"] for c in captures)
-    total_received = sum(c["received"] for c in captures)
-    run = {
-        "mode": mode,
-        "label": label,
-        "size": f"{size[0]}x{size[1]}",
-        "n": n,
-        "capture_s": capture_s,
-        "connect_s": round(connect_s, 3),
+
+def sent_before(client: Any, stop_mono: float) -> tuple[int, int]:
+    """(video, audio) frames `client` had sent at least EDGE_S before `stop_mono`.
+
+    A frame handed to the sender's encoder in the last EDGE_S before the stop is not
+    counted: it is still being encoded and in transit when the stop comes, and no
+    receiver can tell it from one sent after (at 5 fps that one frame is 2.5 %).
+    """
+
+    def count(sent: int, first: float | None, interval_s: float) -> int:
+        if first is None:
+            return 0
+        return max(0, min(sent, math.ceil((stop_mono - EDGE_S - first) / interval_s)))
+
+    video = count(client.video.sent, client.video.first_sent_at, 1 / client.video.fps)
+    audio = client.audio
+    return video, count(audio.sent, audio.start, 0.02) if audio else 0
+
+
+def capture_figures(
+    mode: str, stop: dict[str, Any], client: Any, sent: tuple[int, int], stop_mono: float,
+    connected: tuple[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    """One capture's frames, durations and stop latency."""
+    video_sent, audio_sent = sent
+    wall_ms = (stop_mono - client.video.first_sent_at) * 1000
+    # what the sender had stamped when stopped: a starved sender's clock (it stamps frames
+    # by count) falls behind the wall clock, and the file follows the sender's clock
+    sent_ms = max(video_sent / client.video.fps, audio_sent * 0.02) * 1000
+    delivered = stop.get("delivered", {})
+    cap: dict[str, Any] = {
+        "codec": connected[0], "offer_s": round(connected[1], 3),
+        "video_sent": video_sent, "audio_sent": audio_sent, "sent_ms": round(sent_ms),
+        "wall_ms": round(wall_ms),
+        "client_fps": round(client.video.sent / (time.monotonic() - client.video.first_sent_at), 1),
+        "delivered": delivered, "stop_s": round(stop["stop_s"], 3),
+    }  # fmt: skip
+    if mode == "blackhole":
+        cap["kept_pct"] = round(100 * delivered.get("video", 0) / max(1, video_sent), 2)
+        return cap
+    result = stop.get("result") or {}
+    due = video_sent - result.get("video_skipped", 0)  # sent before the stop, <= 30 fps
+    stored = result.get("video_frames", 0)
+    cap |= {
+        "result": result, "error": stop.get("error"), "ended_by": stop.get("ended_by"),
+        "backlog_at_stop": stop.get("backlog_at_stop"), "stop_parts_ms": stop.get("stop_parts_ms"),
+        "due": due, "kept_pct": round(100 * stored / max(1, due), 2),
+        # of the frames that reached the recorder for the story, the share it stored
+        "recorder_kept_pct": round(
+            100 * stored / max(1, stored + result.get("video_dropped", 0)), 2),
+        "duration_err_ms": result.get("duration_ms", 0) - round(sent_ms),
+        "av_diff_ms": abs(result.get("video_ms", 0) - result.get("audio_ms", 0)),
+        "audio_kept_pct": round(100 * result.get("audio_frames", 0) / max(1, audio_sent), 2),
+    }  # fmt: skip
+    return cap
+
+
+def run_figures(
+    spec: dict[str, Any], captures: list[dict[str, Any]], stopped: dict[str, Any],
+    window_s: float, w0: tuple[float, ...], w1: tuple[float, ...], rss_base: int, sampler: Sampler,
+) -> dict[str, Any]:  # fmt: skip
+    n = spec["n"]
+    server_cpu, client_cpu = w1[1] - w0[1], w1[2] - w0[2]
+    run: dict[str, Any] = {
+        **{k: v for k, v in spec.items() if k != "size"},
+        "size": f"{spec['size'][0]}x{spec['size'][1]}",
         "window_s": round(window_s, 3),
-        "server_cpu_s": round(server_cpu, 3),
-        "server_cpu_per_captured_s": round(server_cpu / (n * window_s), 4),
-        # frames the sink consumed in the window over frames the clients sent in it:
-        # below 100 % the sink falls behind
-        "frames_sent_in_window": sent1 - sent0,
-        "frames_processed_in_window": done1 - done0,
-        "throughput_pct": round(100 * (done1 - done0) / max(1, sent1 - sent0), 1),
-        "server_cpu_per_processed_s": round(server_cpu / max(1, done1 - done0) * FPS, 4),
-        "live_after_stop": stopped["live_after_stop"],
+        "server_cpu_per_capture_s": round(server_cpu / (n * window_s), 4),
         "server_cores_busy": round(server_cpu / window_s, 3),
-        "client_cores_busy": round((w1[2] - w0[2]) / window_s, 3),
-        "other_cores_busy": round(((w1[3] - w0[3]) - server_cpu - (w1[2] - w0[2])) / window_s, 3),
+        "client_cores_busy": round(client_cpu / window_s, 3),
+        "other_cores_busy": round(((w1[3] - w0[3]) - server_cpu - client_cpu) / window_s, 3),
         "rss_base_mb": round(rss_base / MB, 1),
-        "rss_peak_mb": round(sampler.peak_rss / MB, 1),
-        "rss_at_window_end_mb": round(rss_end / MB, 1),
-        "rss_after_stop_mb": round(rss_after / MB, 1),
         "rss_per_capture_mb": round((sampler.peak_rss - rss_base) / MB / n, 1),
         "threads_peak": sampler.peak_threads,
         "loop_lag_max_ms": stopped["loop_lag_max_ms"],
-        "video_backlog_max": stopped["video_backlog_max"],
-        "stop_all_s": round(s1[0] - s0[0], 3),
-        "finalize_cpu_s": round(s1[1] - s0[1], 3),
+        "live_after_stop": stopped["live_after_stop"],
         "failed": stopped["failed"],
-        "frames_sent": total_sent,
-        "frames_received": total_received,
-        "lost_pct": round(100 * (total_sent - total_received) / total_sent, 2),
-        "worst_lost_pct": max(c["lost_pct"] for c in captures),
+        "kept_pct_worst": min(c["kept_pct"] for c in captures),
+        "client_fps_min": min(c["client_fps"] for c in captures),
+        "stop_s_max": max(c["stop_s"] for c in captures),
         "captures": captures,
     }
-    if mode == "recorder":
-        stops = [c["stop_s"] for c in captures]
-        run["stop_s_max"] = max(stops)
-        run["stop_s_median"] = round(statistics.median(stops), 3)
-        run["all_playable"] = all(c["verify"].get("playable") for c in captures)
+    if spec["mode"] == "recorder":
+        run |= {
+            "dropped": sum(
+                c["result"].get("video_dropped", 0) for c in captures if c.get("result")
+            ),
+            "duration_err_ms_max": max(abs(c["duration_err_ms"]) for c in captures),
+            "av_diff_ms_max": max(c["av_diff_ms"] for c in captures),
+            "audio_kept_pct_worst": min(c["audio_kept_pct"] for c in captures),
+            "recorder_kept_pct_worst": min(c["recorder_kept_pct"] for c in captures),
+            "all_playable": all(c["verify"].get("playable") for c in captures),
+            "stop_s_median": round(statistics.median(c["stop_s"] for c in captures), 3),
+        }
     return run
 
 
 def describe(run: dict[str, Any]) -> str:
     line = (
-        f"{run['mode']:9} {run['label']} N={run['n']} {run['window_s']:5.1f} s: "
-        f"server CPU {run['server_cpu_per_captured_s']:.3f} s/captured s "
-        f"(server {run['server_cores_busy']:.2f} cores, clients {run['client_cores_busy']:.2f}, "
-        f"others {run['other_cores_busy']:.2f}); frames {run['frames_received']}/"
-        f"{run['frames_sent']} (lost {run['lost_pct']} %, worst {run['worst_lost_pct']} %); "
-        f"RSS +{run['rss_per_capture_mb']} MB/capture; lag max {run['loop_lag_max_ms']} ms; "
-        f"backlog max {run['video_backlog_max']}"
+        f"{run['mode']:9} {run['phase']:11} {run['label']} {run['fps']:2d} fps N={run['n']}: "
+        f"kept worst {run['kept_pct_worst']} %; server {run['server_cores_busy']:.2f} cores, "
+        f"clients {run['client_cores_busy']:.2f}, others {run['other_cores_busy']:.2f}; "
+        f"client fps min {run['client_fps_min']}; stop max {run['stop_s_max'] * 1000:.0f} ms"
     )
     if run["mode"] == "recorder":
+        slowest = max(run["captures"], key=lambda c: c["stop_s"]).get("stop_parts_ms") or {}
         line += (
-            f"; stop max {run['stop_s_max'] * 1000:.0f} ms; "
-            f"playable {'yes' if run['all_playable'] else 'NO'}"
+            f" ({' / '.join(f'{v:.0f}' for v in slowest.values())} ms in flight / backlog / "
+            f"finish); dropped {run['dropped']}; duration err max {run['duration_err_ms_max']} "
+            f"ms; A/V max {run['av_diff_ms_max']} ms; playable "
+            f"{'yes' if run['all_playable'] else 'NO'}"
         )
     return line
 
@@ -736,7 +745,7 @@ def machine_line(m: dict[str, Any]) -> str:
     )
 
 
-async def main_async() -> dict[str, Any]:
+async def main_async(only: set[str] | None = None) -> dict[str, Any]:
     from tests.test_capture_core import city_planes, tone_frames
 
     started = time.perf_counter()
@@ -756,268 +765,156 @@ async def main_async() -> dict[str, Any]:
     )
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="stories-bench-capture-") as raw:
-        for i, (label, size, n, capture_s) in enumerate(SCENARIOS):
-            for mode in ("blackhole", "recorder"):
-                length = min(capture_s, BASELINE_MAX_S) if mode == "blackhole" else capture_s
-                workdir = Path(raw) / f"{i}-{mode}"
-                run = await run_once(mode, label, size, n, length, workdir)
-                print(describe(run), flush=True)
-                runs.append(run)
+        for i, spec in enumerate(phases()):
+            if only and spec["phase"] not in only:
+                continue
+            run = await run_once(spec, Path(raw) / str(i))
+            print(describe(run), flush=True)
+            runs.append(run)
     m["loadavg_at_end"] = h.loadavg()
     return {
-        "name": NAME,
-        "date": h.now_utc(),
-        "machine": m,
-        "config": {
-            "scenarios": [
-                {"label": lb, "size": f"{s[0]}x{s[1]}", "n": n, "capture_s": c}
-                for lb, s, n, c in SCENARIOS
-            ],
-            "baseline_max_s": BASELINE_MAX_S,
-            "fps": FPS,
-            "drain_s": DRAIN_S,
-            "target_stop_s": TARGET_STOP_S,
-            "target_loss_pct": TARGET_LOSS_PCT,
-            "target_n_480p": TARGET_N_480,
-        },
-        "runs": runs,
-        "summary": summarize(runs),
+        "name": NAME, "date": h.now_utc(), "machine": m,
+        "config": {"capture_max_concurrent": MAX_N, "capture_s": CAPTURE_S,
+                   "target_kept_pct": TARGET_KEPT_PCT, "target_duration_s": TARGET_DURATION_S,
+                   "target_av_s": TARGET_AV_S, "target_stop_s": TARGET_STOP_S},
+        "runs": runs, "summary": summarize(runs),
         "duration_s": round(time.perf_counter() - started, 1),
-    }
+    }  # fmt: skip
 
 
 # =========================================================================== report
 
 
-def pairs(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(baseline, recorder) per scenario."""
-    base = {(r["label"], r["n"]): r for r in runs if r["mode"] == "blackhole"}
-    return [(base[(r["label"], r["n"])], r) for r in runs if r["mode"] == "recorder"]
-
-
 def passes(run: dict[str, Any]) -> bool:
-    return bool(run["all_playable"]) and run["worst_lost_pct"] < TARGET_LOSS_PCT
+    return bool(run["all_playable"]) and run["kept_pct_worst"] >= TARGET_KEPT_PCT
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rec = [r for r in runs if r["mode"] == "recorder"]
-    largest = {
-        label: max((r["n"] for r in rec if r["label"] == label and passes(r)), default=0)
-        for label in ("480p", "720p")
-    }
-    long720 = max(
-        (r for r in rec if r["label"] == "720p" and r["n"] == 1), key=lambda r: r["capture_s"]
-    )
-    stop_s = long720["stop_s_max"]
+    conc = [r for r in rec if r["phase"] == "concurrency"]
+    at_max = [r for r in rec if r["n"] == MAX_N and r["label"] == "480p"]
+    base = {r["n"]: r for r in runs if r["mode"] == "blackhole"}
     ratios = {
-        f"{r['label']}_n{r['n']}": round(
-            r["server_cpu_per_processed_s"] / b["server_cpu_per_processed_s"], 1
-        )
-        for b, r in pairs(runs)
-    }
-    by_n = {r["n"]: r for r in rec if r["label"] == "480p"}
-    marginal = (
-        round((by_n[max(by_n)]["rss_peak_mb"] - by_n[1]["rss_peak_mb"]) / (max(by_n) - 1), 1)
-        if 1 in by_n and max(by_n) > 1
-        else None
-    )
-    costs = [r["server_cpu_per_processed_s"] for r in rec]
+        f"n{r['n']}": h.ratio(r["server_cpu_per_capture_s"], base[r["n"]]["server_cpu_per_capture_s"])
+        for r in conc if r["n"] in base
+    }  # fmt: skip
+    largest = max((r["n"] for r in conc if passes(r)), default=0)
     return {
-        "stop_parts_720p_ms": stop_parts(long720),
-        "recorder_cpu_s_per_footage_s_median": round(statistics.median(costs), 3),
-        "rss_marginal_mb_per_480p_capture": marginal,
-        "stop_to_playable_720p_s": stop_s,
-        "stop_to_playable_720p_capture_s": long720["capture_s"],
-        "stop_target_met": stop_s <= TARGET_STOP_S and bool(long720["all_playable"]),
-        "largest_n_under_loss_target": largest,
-        "concurrency_target_met": largest["480p"] >= TARGET_N_480,
-        "non_monotonic": {
-            label: [r["n"] for r in rec if r["label"] == label and not passes(r)]
-            for label in largest
-            if any(r["n"] < largest[label] and not passes(r) for r in rec if r["label"] == label)
-        },
+        "largest_n_kept_target": largest,
+        "kept_target_met_at_max": bool(at_max) and all(passes(r) for r in at_max),
+        "duration_target_met": all(r["duration_err_ms_max"] <= TARGET_DURATION_S * 1000 for r in rec),
+        "av_target_met_at_max": all(r["av_diff_ms_max"] <= TARGET_AV_S * 1000 for r in at_max),
+        "stop_target_met_at_max": all(r["stop_s_max"] <= TARGET_STOP_S for r in at_max),
+        "stop_s_max_at_max": max((r["stop_s_max"] for r in at_max), default=None),
         "cpu_ratio_recorder_over_blackhole": ratios,
-    }
+        "recorder_cpu_per_capture_s_median": round(
+            statistics.median(r["server_cpu_per_capture_s"] for r in conc), 3) if conc else None,
+    }  # fmt: skip
 
 
-def stop_parts(r: dict[str, Any]) -> str:
-    slowest = max(r["captures"], key=lambda c: c.get("recorder_stop_s") or 0)
-    parts = slowest.get("recorder_stop_ms_parts") or {}
-    keys = ("halt_and_queue", "x264_flush", "aac_flush", "close", "publish")
-    return " / ".join(f"{parts.get(k, float('nan')):.0f}" for k in keys)
+def met(flag: bool) -> str:
+    return "met" if flag else "NOT met"
 
 
 def report(run: dict[str, Any]) -> tuple[str, str]:
     """(console text, Markdown section)."""
     s, m = run["summary"], run["machine"]
+    base = {r["n"]: r for r in run["runs"] if r["mode"] == "blackhole"}
     rows = []
-    for b, r in pairs(run["runs"]):
-        caps = r["captures"]
+    for r in run["runs"]:
+        if r["mode"] != "recorder":
+            continue
+        b = base.get(r["n"]) if r["phase"] == "concurrency" else None
+        parts = (
+            max((c for c in r["captures"]), key=lambda c: c["stop_s"]).get("stop_parts_ms") or {}
+        )
         rows.append([
-            r["label"], r["n"], f"{r['window_s']:.1f}",
-            f"{r['server_cpu_per_captured_s']:.3f}", f"{b['server_cpu_per_captured_s']:.3f}",
-            f"{r['throughput_pct']:.0f}",
-            f"{r['server_cpu_per_processed_s']:.3f}", f"{b['server_cpu_per_processed_s']:.3f}",
-            h.ratio(r["server_cpu_per_processed_s"], b["server_cpu_per_processed_s"]),
-            f"{r['frames_received']} / {r['frames_sent']}",
-            f"{r['lost_pct']} (worst {r['worst_lost_pct']})",
-            f"{b['lost_pct']}",
-            f"{min(c['client_fps'] for c in caps):.1f}",
-            r["rss_per_capture_mb"], b["rss_per_capture_mb"],
+            r["phase"], r["label"], r["fps"], r["n"] if r["n"] != MAX_N else f"**{r['n']}**",
+            f"{r['kept_pct_worst']}", f"{r['recorder_kept_pct_worst']}", r["dropped"],
+            f"{r['audio_kept_pct_worst']}",
+            r["duration_err_ms_max"], r["av_diff_ms_max"],
             f"{r['stop_s_median'] * 1000:.0f} / {r['stop_s_max'] * 1000:.0f}",
-            f"{max(c['recorder_stop_s'] or 0 for c in caps) * 1000:.0f}",
+            " / ".join(f"{parts.get(k, float('nan')):.0f}" for k in ("in_flight", "backlog", "finish")),
             "yes" if r["all_playable"] else "NO",
-            f"{r['server_cores_busy']:.2f} / {r['client_cores_busy']:.2f} / "
-            f"{r['other_cores_busy']:.2f}",
+            f"{r['server_cpu_per_capture_s']:.3f}",
+            f"{b['server_cpu_per_capture_s']:.3f} ({h.ratio(r['server_cpu_per_capture_s'], b['server_cpu_per_capture_s'])}x)" if b else "",
+            r["client_fps_min"], r["rss_per_capture_mb"], r["loop_lag_max_ms"],
+            f"{r['server_cores_busy']:.2f} / {r['client_cores_busy']:.2f} / {r['other_cores_busy']:.2f}",
         ])  # fmt: skip
-    table = h.table(["footage", "N", "window s", "server CPU s per captured s: recorder",
-                     "baseline sink", "recorder kept up: frames consumed ÷ sent in the window, %",
-                     "server CPU s per second of footage processed: recorder", "baseline sink",
-                     "recorder ÷ baseline", "frames in the file / sent",
-                     "lost %", "baseline lost %", "client fps (min)",
-                     "RSS per capture MB: recorder", "baseline",
-                     "stop → playable ms (median / max)", "of it StoryRecorder.stop() ms (max)",
-                     "decodes", "cores busy: server / clients / others"], rows)  # fmt: skip
-    diag_rows = [
-        [r["label"], r["n"], f"{r['connect_s']:.2f}",
-         f"{max(c['offer_s'] for c in r['captures']) * 1000:.0f}",
-         r["rss_base_mb"], r["rss_peak_mb"], r["rss_after_stop_mb"], r["threads_peak"],
-         r["loop_lag_max_ms"], r["video_backlog_max"],
-         max(c["backlog_at_stop"] or 0 for c in r["captures"]),
-         sum(c["delivered"] for c in r["captures"]), r["finalize_cpu_s"],
-         "{StoryRecorder} / {RTCPeerConnection} / {threads}".format(**r["live_after_stop"]),
-         stop_parts(r),
-         ", ".join(f"{c['verify'].get('duration_ms', 0) / 1000:.1f}" for c in r["captures"])]
-        for _, r in pairs(run["runs"])
-    ]  # fmt: skip
-    diag = h.table(["footage", "N", "connect s", "offer() max ms", "RSS base MB", "RSS peak MB",
-                    "RSS after stop MB", "threads peak", "loop lag max ms",
-                    "decoded-frame backlog max", "backlog at stop", "frames delivered by aiortc",
-                    "finalize CPU s (all N)",
-                    "alive after stop + gc: recorders / peer connections / threads",
-                    "StoryRecorder.stop() of the slowest capture, ms: halt + executor queue / "
-                    "x264 flush / AAC flush / close (moov, faststart) / publish (rename, "
-                    "re-open for the duration)",
-                    "file durations s"], diag_rows)  # fmt: skip
-    largest = s["largest_n_under_loss_target"]
-    stop_verdict = "met" if s["stop_target_met"] else "NOT met"
-    conc_verdict = "met" if s["concurrency_target_met"] else "NOT met"
-    first = next(r for _, r in pairs(run["runs"]))
-    codec = first["captures"][0]["codec"]
-    verified = next(
-        (
-            c["verify"]
-            for _, r in pairs(run["runs"])
-            for c in r["captures"]
-            if c["verify"].get("codec")
-        ),
-        {},
-    )
-    note = ""
-    if s["non_monotonic"]:
-        note = (
-            f" A smaller N missed the loss target although a larger one met it "
-            f"({s['non_monotonic']}): the machine's other load varies from run to run."
-        )
-    lossy = [r for _, r in pairs(run["runs"]) if r["lost_pct"] > 0]
-    if lossy:
-        lost = sum(c["lost"] for r in lossy for c in r["captures"])
-        queued = sum(c["lost_queued_at_stop"] or 0 for r in lossy for c in r["captures"])
-        transport = sum(c["lost_in_transport"] for r in lossy for c in r["captures"])
-        where = ", ".join(f"{r['label']} N={r['n']}" for r in lossy)
-        note += (
-            f"\n\nWhere the lost frames went ({where}): {queued} of {lost} were decoded and"
-            f" still waiting in aiortc's track queue when `stop()` came (the recorder had"
-            f" fallen behind real time and `stop()` cancels its consumers without draining"
-            f" them, so the end of the capture is cut), {transport} never came out of"
-            f" aiortc (network, jitter buffer, decoder)."
-        )
-    shares = [
-        c["recorder_stop_ms_parts"]["x264_flush"] / (c["recorder_stop_s"] * 1000)
-        for _, r in pairs(run["runs"])
-        for c in r["captures"]
-        if c.get("recorder_stop_ms_parts") and c.get("recorder_stop_s")
-    ]
-    flush_note = (
-        f"The x264 flush (`encode(None)`: the frames x264 still holds for its lookahead and"
-        f" frame threads) is a median {100 * statistics.median(shares):.0f} % of"
-        f" `StoryRecorder.stop()` over all captures."
-        if shares
-        else ""
-    )
+    table = h.table(["phase", "footage", "fps sent", "N",
+                     "video frames stored ÷ sent before stop, worst capture %",
+                     "stored ÷ reached the recorder, worst %",
+                     "dropped (encoder behind), all N", "audio frames kept, worst %",
+                     "stored - sent duration, worst ms", "audio - video duration, worst ms",
+                     "stop → playable ms (median / max)",
+                     "slowest stop ms: in flight / backlog / finish",
+                     "decodes", "server CPU s per captured s", "baseline sink (ratio)",
+                     "client fps (min)", "RSS per capture MB", "loop lag max ms",
+                     "cores busy: server / clients / others"], rows)  # fmt: skip
+    verified = next((c["verify"] for r in run["runs"] if r["mode"] == "recorder"
+                     for c in r["captures"] if c["verify"].get("codec")), {})  # fmt: skip
+    codec = next(c["codec"] for r in run["runs"] for c in r["captures"])
     md = f"""## Live capture: `CaptureManager` + `StoryRecorder`
 
 Run {run["date"]} on {machine_line(m)}. Command: `python bench/capture.py`
-(about {run["duration_s"]:.0f} s).
+(about {run["duration_s"]:.0f} s; {m.get("other_cores_busy_at_start", "?")} cores were busy with
+other work in the {IDLE_PROBE_S:.0f} s before it started).
 
-N aiortc clients send city.mpg frames (`tests/media/city.mpg`, scaled to 480x854 or
-720x1280, 25 fps paced in real time) and a 440 Hz tone (Opus), negotiated as {codec} +
-Opus (aiortc's default order), over loopback only (`iceServers: []`, ICE host candidate
-127.0.0.1). The server side runs in a fresh spawned process per run: either a
-`CaptureManager` whose `StoryRecorder`s write H.264 720x1280 + AAC MP4s, or the baseline,
-a plain `RTCPeerConnection` whose tracks go to aiortc's `MediaBlackhole` (receive and
-decode only, nothing encoded). The clients run in the benchmark process, so their CPU is
-not the server's; the SDP offer and answer cross a pipe. Each scenario runs the baseline
-first, then the recorder.
-
-Server CPU is the server process's user + system time (psutil, all threads) over the
-window in which all N clients are sending, divided by N x the window ("per captured
-s"). When the recorder falls behind real time its decoded frames pile up in aiortc's
-queue and that figure shrinks, so it is also given per second of footage the sink
-actually consumed in the window (frames taken from the tracks / 25): that is the cost
-figure, and "recorder ÷ baseline" compares it with plain receiving. Frames: the clients'
-sent video frames (less the last one of each client: aiortc's jitter buffer only releases
-a frame when the next one starts arriving) versus `RecordingResult.video_frames`
-(baseline: frames the sink received). At the end the clients stop sending video,
-{DRAIN_S} s pass for frames in flight, then every capture is stopped at once
-(`CaptureManager.stop()`, which includes closing the peer connection; "stop → playable"
-is its duration). RSS per capture is the process's peak RSS over its own level before
-the first offer, divided by N (from N = 1 to the largest 480p N, each extra 480p capture
-added {s["rss_marginal_mb_per_480p_capture"]} MB of peak RSS). Every file is then decoded
-to the last frame with PyAV ({verified.get("codec", "?")},
+N aiortc clients send city.mpg (scaled to 480x854 or 720x1280, paced in real time at the
+given fps) and a 440 Hz tone, as {codec} + Opus, over loopback only, to a server process
+of their own (a fresh spawned process per run, so its CPU is its own): a `CaptureManager`
+whose `StoryRecorder`s write H.264 720x1280 + AAC MP4s, or, as the baseline, plain
+`RTCPeerConnection`s whose tracks go to aiortc's `MediaBlackhole` (receive and decode
+only). **Every capture is stopped while its client is still sending** (as a user taps
+stop). *Kept*: frames stored ÷ frames the client sent before the stop (less those the
+recorder skips to store at most 30 fps: at 60 fps every other frame). *Dropped*: frames
+the recorder dropped because its video encoder fell {VIDEO_QUEUE_MAX} frames behind. *Stored - sent*:
+the file's duration against the time the client had been sending when stopped. *Stop →
+playable*: `CaptureManager.stop()` (wait for frames still in flight, encode the backlog,
+flush and close the file, close the peer connection), with all N stopped at once.
+Every file is then decoded to the last frame with PyAV ({verified.get("codec", "?")},
 {", ".join(verified.get("sizes", []))}, audio {verified.get("audio")}, moov before mdat:
-{verified.get("moov_before_mdat")}).
+{verified.get("moov_before_mdat")}). `capture_max_concurrent` is {MAX_N} (bold rows);
+the bench's own manager admits more, to show where quality drops.
 
-**Target: stop → playable item ≤ {TARGET_STOP_S} s for a {s["stop_to_playable_720p_capture_s"]:.0f} s
-720p capture — {stop_verdict} ({s["stop_to_playable_720p_s"] * 1000:.0f} ms; StoryRecorder.stop()
-parts as in the diagnostics table: {s["stop_parts_720p_ms"]}).**
-**Target: ≥ {TARGET_N_480} concurrent 480p captures with < {TARGET_LOSS_PCT:.0f} % of frames lost
-(every capture) — {conc_verdict}: largest N meeting it {largest["480p"]} at 480p (tried
-1-4), {largest["720p"]} at 720p (tried 1-2).**{note}
+**Targets at N = {MAX_N} (480p):** ≥ {TARGET_KEPT_PCT:.0f} % of frames kept —
+{met(s["kept_target_met_at_max"])}; audio and video durations within {TARGET_AV_S * 1000:.0f} ms —
+{met(s["av_target_met_at_max"])}; stop → playable ≤ {TARGET_STOP_S} s —
+{met(s["stop_target_met_at_max"])} (max {(s["stop_s_max_at_max"] or 0) * 1000:.0f} ms).
+**At 5-60 fps, stored duration within {TARGET_DURATION_S} s of what was sent** —
+{met(s["duration_target_met"])}. Largest N keeping ≥ {TARGET_KEPT_PCT:.0f} % in the
+concurrency phase: {s["largest_n_kept_target"]}.
 
 {table}
 
-"Cores busy" splits the machine's CPU over the same window: the server process, the
-benchmark's own process (the N sending clients: VP8/Opus encoding) and everything else
-running on this shared machine ({m.get("other_cores_busy_at_start", "?")} cores were
-busy with other work in the {IDLE_PROBE_S:.0f} s before the run started). "Client fps"
-below 25 means the senders themselves did not get enough CPU to keep real time. The
-recorder's output is always 720x1280, so 480p footage is scaled up and encoded at 720p:
-its cost hardly depends on the input size (median {s["recorder_cpu_s_per_footage_s_median"]}
-CPU-s per second of footage over all runs). At that rate {m["usable_cpus"]} cores with nothing
-else on them would keep up with at most
-{m["usable_cpus"] / s["recorder_cpu_s_per_footage_s_median"]:.1f} captures (an
-extrapolation, not measured); the N at which a run fell behind depends on what the clients
-and the machine's other work left over.
+`capture_max_concurrent` defaults to {MAX_N}: the row at N = {MAX_N + 1} is what one more
+costs on these 2 cores (server and senders together saturate them, and the recorders
+drop frames); with senders elsewhere the server alone needs about
+{s["recorder_cpu_per_capture_s_median"]} of a core per capture.
 
-Diagnostics (recorder runs). *Backlog*: decoded video frames waiting in aiortc's unbounded
-`RemoteStreamTrack` queue (sampled every {PROBE_S * 1000:.0f} ms); a growing backlog means the
-recorder is not keeping up, and frames still queued at stop are not in the file. *Loop
-lag*: the largest overshoot of a {PROBE_S * 1000:.0f} ms `asyncio.sleep` in the server process.
-*File durations* include the {DRAIN_S} s of audio that still arrives after the clients stop
-sending video, and follow the frames' timestamps: the test client stamps its frames by count
-at 25 fps, so a client that could not keep real time yields a shorter file. {flush_note}
-
-{diag}
+"Cores busy" splits the machine over the sending window: the server process, the
+benchmark's own process (the N clients encoding VP8/Opus) and everything else on this
+shared machine. "Client fps" below the rate sent means the senders themselves did not get
+enough CPU: they stamp frames by count, so their clock falls behind the wall clock, the
+file follows their clock, and frames they send just after the stop still carry
+timestamps before it (stored ÷ sent can then pass 100 %, and the recorder waits the whole
+0.25 s for a frame stamped after the stop). "Stored ÷ reached the recorder" is the
+recorder's own loss, whatever the senders did. The recorder always encodes 720x1280, so 480p footage is scaled up; x264 runs
+at `superfast` (about half of `veryfast`'s CPU per frame here, same High profile).
 """
     return md.replace("**", ""), md
 
 
 def main() -> int:
-    if sys.argv[1:] == ["--report-only"]:  # re-render the last results without measuring
+    args = sys.argv[1:]
+    if args == ["--report-only"]:  # re-render the last results without measuring
         run = json.loads((h.RESULTS_DIR / f"{NAME}.json").read_text())
     else:
-        run = asyncio.run(main_async())
+        only = set(args[1].split(",")) if args[:1] == ["--only"] and len(args) > 1 else None
+        run = asyncio.run(main_async(only))
+        if only:
+            print(json.dumps(run["summary"], indent=2))
+            return 0
         print(f"results: {h.write_results(NAME, run)}")
     text, md = report(run)
     print(text)

@@ -48,6 +48,7 @@ WATCH_TICK_S = 0.1
 OUTCOME_TTL_S = 120.0  # how long stop()/discard() still answer for an ended capture
 MAX_OUTCOMES = 1_000
 CONSENT_WAIT_S = 1.0  # see close_peer_connection()
+BEHIND_RETRY_S = 3  # Retry-After when refusing because an encoder is behind
 
 
 @dataclass
@@ -60,7 +61,7 @@ class CaptureConfig:
     """
 
     max_duration_ms: int = 15_000
-    max_concurrent: int = 3
+    max_concurrent: int = 2
     max_sdp_bytes: int = 20_000
     min_keep_ms: int = 1_000
     no_media_timeout_ms: int = 10_000
@@ -184,7 +185,8 @@ class CaptureManager:
         ICE gathering is complete when this returns. Raises errors.PayloadTooLarge (SDP
         over `max_sdp_bytes`), errors.BadRequest (type not "offer", malformed SDP, no video
         to receive), errors.Conflict (the user already has a capture), errors.RateLimited
-        (`max_concurrent` reached), errors.ServiceUnavailable (shutting down).
+        (`max_concurrent` reached, or a live capture's encoder is behind real time: one
+        more would make every capture lose frames), errors.ServiceUnavailable (shutting down).
         """
         self._check_offer(sdp, type_)
         self._admit(user_id)
@@ -254,9 +256,12 @@ class CaptureManager:
             raise errors.ServiceUnavailable("live capture is shutting down")
         if user_id in self._by_user:
             raise errors.Conflict("a live capture is already running for this user")
+        retry = math.ceil(self.config.max_duration_ms / 1000)
         if self.active_count() >= self.config.max_concurrent:
-            retry = math.ceil(self.config.max_duration_ms / 1000)
             raise errors.RateLimited("too many live captures; retry later", retry_after_s=retry)
+        if any(c.recorder is not None and c.recorder.behind for c in self._captures.values()):
+            detail = "live capture is at capacity (encoders are behind real time); retry later"
+            raise errors.RateLimited(detail, retry_after_s=BEHIND_RETRY_S)
 
     async def _negotiate(self, cap: Capture, sdp: str) -> None:
         """setRemoteDescription -> recorder.start() -> answer with every ICE candidate."""

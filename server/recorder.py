@@ -4,20 +4,30 @@
 `<name>.mp4` (H.264 High 720x1280 yuv420p + AAC-LC 48 kHz stereo when there is
 audio, moov before mdat, no edit list) plus a poster `<name>.jpg` (720x1280).
 
-Design (from the team's live-capture measurements on a 2-core machine):
+Design (from the team's live-capture measurements on a 2-core machine, and
+bench/capture.py):
 
 * every output stream is created in `start()`, before the first mux: adding one
   later crashes libavformat (SIGFPE);
-* filter graphs, encoders, the muxer and the poster live on ONE worker thread
-  (a per-recorder `ThreadPoolExecutor(max_workers=1)`), never on the event loop;
-* timestamps are rebased: the first frame that arrives (any track) is t=0, a
-  track's own frames keep its sender's RTP spacing, shifted by the arrival time
-  of its first frame; audio gaps (including a late start) are filled with silence
-  so the AAC track is continuous and starts at 0;
+* one consumer task per track takes frames from aiortc as soon as they are decoded
+  and stamps them; each track then has its own encoder thread and bounded queue
+  (`server/lanes.py`): audio is never serialized behind video, and a video encoder
+  that falls behind drops its oldest waiting frames (counted) instead of letting
+  aiortc's unbounded queue grow; nothing is encoded on the event loop;
+* timestamps come from the sender's RTP clock, rebased: t=0 is when the first frame
+  to arrive (any track) was sent, as far as the receiver can tell; a track's frames
+  keep their RTP spacing, shifted to when its first frame was sent (its arrival less
+  what aiortc's jitter buffer held it back: `server/timeline.py`); audio gaps are
+  filled with silence;
+* video is stored at most at MAX_FPS: frames closer than MIN_FRAME_GAP_S to the
+  previous stored one are skipped (counted), so a 60 fps sender costs what 30 does;
+* stop has a timestamp: `stop()` takes "now" on the timeline (or the cap) as the
+  end, keeps reading until every track has delivered a frame at or after it (the
+  frames still in flight before it), at most STOP_GRACE_S, drops what comes after,
+  and ends every track exactly there (video's last frame lasts up to it, audio is
+  padded), so audio and video have the same length;
 * every video frame is centre-cropped to 9:16 and scaled (browsers change
   resolution mid-stream; the encoder's size cannot change);
-* x264 runs without B-frames: with `use_editlist=0` the B-frame delay would shift
-  the whole video track against the audio (measured: +2 frames);
 * the file is written as `<name>.mp4.part` and renamed after `container.close()`.
 """
 
@@ -28,32 +38,32 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from fractions import Fraction
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import av
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.audio.frame import AudioFrame
-from av.container import OutputContainer
 from av.video.frame import VideoFrame
+
+from server.encoding import AudioOut, StoryFile, VideoOut
+from server.lanes import FrameLane
+from server.timeline import TrackTimeline, Verdict
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-VIDEO_TIME_BASE = Fraction(1, 90_000)
-AUDIO_RATE = 48_000
-AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
-AUDIO_BIT_RATE = 128_000
-CONTAINER_OPTIONS = {"movflags": "+faststart", "use_editlist": "0"}
-AUDIO_GAP_S = 0.06  # a jump larger than this in the audio timeline is filled with silence
-MAX_GRAPHS = 8  # cached filter graphs (one per input size/format)
-POSTER_QUALITY = 85
+MAX_FPS = 30  # stored video frame rate, at most
+MIN_FRAME_GAP_S = 0.75 / MAX_FPS  # closer frames are skipped (RTP timestamps jitter)
+VIDEO_QUEUE_MAX = 10  # decoded frames waiting for x264 (1/3 s at 30 fps); beyond: drop oldest
+AUDIO_QUEUE_MAX = 100  # 2 s of 20 ms frames
+STOP_GRACE_S = 0.25  # how long stop() waits for frames sent before it that are still in flight
+BEHIND_FRAMES = 5  # a video queue this long means the encoder is not keeping up
+BEHIND_WINDOW_S = 2.0  # ... and so does a frame dropped within this many seconds
+# aiortc's receiver hands a frame out once this many later frames have begun to arrive
+# (server/timeline.py): what places the stop on each track's timeline
+VIDEO_HOLD_FRAMES, AUDIO_HOLD_FRAMES = 1, 4
 
 
 @dataclass(frozen=True)
@@ -61,8 +71,11 @@ class RecordingResult:
     """A finished segment.
 
     `path`: the MP4; `poster_path`: the JPEG (None when no video frame was encoded);
-    `duration_ms`: container duration as read back from the file;
-    `video_frames`: H.264 frames encoded; `audio_frames`: received audio frames written.
+    `duration_ms`: container duration as read back from the file; `video_ms`,
+    `audio_ms`: each stream's duration in the file (0 when absent);
+    `video_frames`: H.264 frames encoded; `audio_frames`: received audio frames written;
+    `video_dropped`: frames dropped because the encoder fell VIDEO_QUEUE_MAX behind;
+    `video_skipped`: frames skipped to stay within MAX_FPS.
     """
 
     path: Path
@@ -70,168 +83,20 @@ class RecordingResult:
     duration_ms: int
     video_frames: int
     audio_frames: int
+    video_ms: int = 0
+    audio_ms: int = 0
+    video_dropped: int = 0
+    video_skipped: int = 0
 
 
-class _TrackClock:
-    """Maps one track's frame pts onto the recording timeline (seconds from t=0)."""
+@dataclass(eq=False)
+class _Track:
+    """One recorded track: its aiortc track, its timeline, and whether it reached the end."""
 
-    def __init__(self) -> None:
-        self.first_pts: int | None = None
-        self.offset_s = 0.0
-
-    def seconds(self, frame: VideoFrame | AudioFrame, arrival_s: float) -> float:
-        """Frame start in seconds; `arrival_s` is its arrival time relative to t=0."""
-        if frame.pts is None or frame.time_base is None:
-            return arrival_s
-        if self.first_pts is None:
-            self.first_pts = frame.pts
-            self.offset_s = arrival_s
-        return float((frame.pts - self.first_pts) * frame.time_base) + self.offset_s
-
-
-class _VideoOut:
-    """Encoder-thread state of the video stream: fit to WxH, encode, mux, poster."""
-
-    def __init__(
-        self, container: OutputContainer, size: tuple[int, int], fps: int, poster: Path
-    ) -> None:
-        self.container = container
-        self.width, self.height = size
-        stream = container.add_stream(
-            "libx264",
-            rate=fps,
-            # zerolatency: no lookahead, so stop() flushes in ~20 ms instead of ~150 ms
-            # (bench/capture.py); B-frames off keeps audio and video aligned without edit lists
-            options={
-                "preset": "veryfast",
-                "tune": "zerolatency",
-                "crf": "23",
-                "profile": "high",
-                "bf": "0",
-            },
-        )
-        stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
-        stream.time_base = VIDEO_TIME_BASE
-        stream.codec_context.time_base = VIDEO_TIME_BASE
-        stream.codec_context.gop_size = 2 * fps
-        self.stream = stream
-        self.graphs: dict[tuple[int, int, str], av.filter.Graph] = {}
-        self.poster = poster
-        self.poster_frame = 5
-        self.poster_written = False
-        self.fallback: VideoFrame | None = None
-        self.last_pts = -1
-        self.frames = 0
-
-    def write(self, frame: VideoFrame, pts: int) -> None:
-        """Fit, encode and mux one frame at `pts` (1/90000 s); drops non-increasing pts."""
-        if pts <= self.last_pts:
-            return
-        self.last_pts = pts
-        frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
-        fitted = self._fit(frame)
-        fitted.pict_type = 0  # let x264 place keyframes (g), not the sender's decoder
-        self.container.mux(self.stream.encode(fitted))
-        self.frames += 1
-        self._maybe_poster(fitted)
-
-    def flush(self) -> None:
-        """Drain the encoder; write the poster from the first frame if none yet."""
-        self.container.mux(self.stream.encode(None))
-        if not self.poster_written and self.fallback is not None:
-            self._save_poster(self.fallback)
-        self.fallback = None
-        self.graphs.clear()
-
-    def _fit(self, frame: VideoFrame) -> VideoFrame:
-        key = (frame.width, frame.height, frame.format.name)
-        graph = self.graphs.get(key)
-        if graph is None:
-            if len(self.graphs) >= MAX_GRAPHS:
-                self.graphs.clear()
-            graph = self.graphs[key] = self._graph(*key)
-        graph.vpush(frame)
-        return graph.vpull()
-
-    def _graph(self, width: int, height: int, pix_fmt: str) -> av.filter.Graph:
-        """buffer -> centre crop to W:H -> scale WxH -> setsar 1 -> yuv420p -> sink."""
-        w, h = self.width, self.height
-        graph = av.filter.Graph()
-        nodes = [
-            graph.add_buffer(
-                width=width,
-                height=height,
-                format=av.VideoFormat(pix_fmt),
-                time_base=VIDEO_TIME_BASE,
-            ),
-            graph.add("crop", f"w='min(iw,ih*{w}/{h})':h='min(ih,iw*{h}/{w})'"),
-            graph.add("scale", f"{w}:{h}"),
-            graph.add("setsar", "1"),
-            graph.add("format", "yuv420p"),
-            graph.add("buffersink"),
-        ]
-        graph.link_nodes(*nodes)
-        graph.configure()
-        return graph
-
-    def _maybe_poster(self, fitted: VideoFrame) -> None:
-        if self.poster_written:
-            return
-        if self.frames >= self.poster_frame:
-            self._save_poster(fitted)
-            self.fallback = None
-        elif self.fallback is None:
-            self.fallback = fitted
-
-    def _save_poster(self, fitted: VideoFrame) -> None:
-        fitted.to_image().save(self.poster, format="JPEG", quality=POSTER_QUALITY)
-        self.poster_written = True
-
-
-class _AudioOut:
-    """Encoder-thread state of the audio stream: normalize, fill gaps, encode AAC, mux."""
-
-    def __init__(self, container: OutputContainer) -> None:
-        self.container = container
-        stream = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
-        stream.bit_rate = AUDIO_BIT_RATE
-        stream.time_base = AUDIO_TIME_BASE
-        self.stream = stream
-        self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
-        self.input_key: tuple[str, str, int] | None = None
-        self.samples = 0  # samples written so far == pts of the next sample
-        self.frames = 0
-
-    def write(self, frame: AudioFrame, at_s: float) -> None:
-        """Encode one received frame that starts at `at_s` seconds on the timeline."""
-        gap = round(at_s * AUDIO_RATE) - self.samples
-        if gap > AUDIO_GAP_S * AUDIO_RATE:
-            self._encode(self._silence(gap))
-        key = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if key != self.input_key:  # a new input format needs a new resampler
-            self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
-            self.input_key = key
-        frame.pts = None
-        for out in self.resampler.resample(frame):
-            self._encode(out)
-        self.frames += 1
-
-    def flush(self) -> None:
-        """Drain the encoder."""
-        self.container.mux(self.stream.encode(None))
-
-    def _encode(self, frame: AudioFrame) -> None:
-        frame.pts, frame.time_base = self.samples, AUDIO_TIME_BASE
-        self.samples += frame.samples
-        self.container.mux(self.stream.encode(frame))
-
-    @staticmethod
-    def _silence(samples: int) -> AudioFrame:
-        frame = AudioFrame(format="fltp", layout="stereo", samples=samples)
-        for plane in frame.planes:
-            plane.update(bytes(plane.buffer_size))
-        frame.sample_rate = AUDIO_RATE
-        return frame
+    kind: str
+    track: MediaStreamTrack
+    timeline: TrackTimeline
+    passed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class StoryRecorder:
@@ -254,7 +119,7 @@ class StoryRecorder:
         *,
         max_duration_ms: int = 15_000,
         size: tuple[int, int] = (720, 1280),
-        fps: int = 30,
+        fps: int = MAX_FPS,
     ) -> None:
         self.path = Path(path)
         self.poster_path = self.path.with_suffix(".jpg")
@@ -264,21 +129,21 @@ class StoryRecorder:
         self.finish_reason: str | None = None
         self.first_frame_at: float | None = None  # time.monotonic() of the first frame
         self.last_frame_at: float | None = None  # time.monotonic() of the latest frame
-        self._tracks: dict[str, MediaStreamTrack] = {}
-        self._consumed: dict[str, int] = {}  # frames taken from each track so far
-        self._clocks = {"video": _TrackClock(), "audio": _TrackClock()}
-        self._ended: set[str] = set()
-        self._end_s = 0.0
+        self._t0 = 0.0  # time.monotonic() of t=0 on the recording's timeline
+        self._tracks: dict[str, _Track] = {}
+        self._lanes: dict[str, FrameLane[tuple[Any, float]]] = {}
+        self._end_at: float | None = None  # the stop point on the timeline, once stopping
         self._blackhole = MediaBlackhole()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="story-rec")
-        self._container: OutputContainer | None = None
-        self._video: _VideoOut | None = None
-        self._audio: _AudioOut | None = None
+        self._file: StoryFile | None = None
+        self._video: VideoOut | None = None
+        self._audio: AudioOut | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._halted = False
         self._stop_task: asyncio.Task[RecordingResult] | None = None
         self._discarded = False
+        self._dropped_seen = 0
+        self._dropped_at: float | None = None  # time.monotonic() of the latest video drop
 
     # ----------------------------------------------------------------- public API
 
@@ -294,13 +159,28 @@ class StoryRecorder:
 
     @property
     def recorded_ms(self) -> int:
-        """Milliseconds of timeline written so far (end of the latest accepted frame)."""
-        return int(self._end_s * 1000)
+        """Milliseconds of timeline handed to the encoders so far."""
+        return int(max((t.timeline.end_s for t in self._tracks.values()), default=0.0) * 1000)
+
+    @property
+    def behind(self) -> bool:
+        """True while the video encoder does not keep up with real time: BEHIND_FRAMES or
+        more frames waiting, or a frame dropped within the last BEHIND_WINDOW_S seconds."""
+        lane = self._lanes.get("video")
+        if lane is None or self._halted:
+            return False
+        recent = self._dropped_at is not None
+        recent = recent and time.monotonic() - (self._dropped_at or 0) < BEHIND_WINDOW_S
+        return lane.backlog >= BEHIND_FRAMES or recent
 
     def add_track(self, track: MediaStreamTrack) -> None:
         """Record `track` if it is the first of its kind ("video"/"audio"), else drain it."""
-        if track.kind in self._clocks and track.kind not in self._tracks and not self._started:
-            self._tracks[track.kind] = track
+        kind = track.kind
+        if kind in ("video", "audio") and kind not in self._tracks and not self._started:
+            video = kind == "video"
+            timeline = TrackTimeline(min_gap_s=MIN_FRAME_GAP_S if video else 0.0,
+                                     hold_frames=VIDEO_HOLD_FRAMES if video else AUDIO_HOLD_FRAMES)  # fmt: skip
+            self._tracks[kind] = _Track(kind, track, timeline)
             return
         self._blackhole.addTrack(track)
         if self._started and not self._halted:
@@ -315,14 +195,19 @@ class StoryRecorder:
         if self._started or self._halted:
             raise RuntimeError("StoryRecorder.start() called twice or after stop")
         self._started = True
-        await self._run(self._open_sync)
+        self._lanes["control"] = FrameLane("story-rec-video", self._write_video, VIDEO_QUEUE_MAX)
+        if self.has_audio:
+            self._lanes["audio"] = FrameLane("story-rec-audio", self._write_audio, AUDIO_QUEUE_MAX)
+        if self.has_video:
+            self._lanes["video"] = self._lanes["control"]
+        await self._lanes["control"].run(self._open_sync)
         await self._blackhole.start()
-        for kind, track in self._tracks.items():
-            task = asyncio.create_task(self._consume(kind, track), name=f"story-rec-{kind}")
+        for kind, state in self._tracks.items():
+            task = asyncio.create_task(self._consume(state), name=f"story-rec-{kind}")
             self._tasks.append(task)
 
     async def stop(self) -> RecordingResult:
-        """Stop consuming, flush the encoders, close and rename the file. Idempotent.
+        """End every track at "now" (or the cap), finish, close and rename the file. Idempotent.
 
         Returns the `RecordingResult` (the same one on every call). Raises RuntimeError
         after `discard()` or when never started; av.FFmpegError when finalizing fails
@@ -347,51 +232,82 @@ class StoryRecorder:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._stop_task)
         elif self._started:
+            for lane in self._lanes.values():
+                lane.clear()
             with contextlib.suppress(Exception):
-                await self._run(self._abort_sync)
-        self._executor.shutdown(wait=False)
+                await self._settle_lanes()
+                await self._lanes["control"].run(self._abort_sync)
+        self._close_lanes()
         self._remove_files()  # a few unlink() calls: cheap enough for the loop
 
     # ----------------------------------------------------------------- event loop side
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
-    async def _consume(self, kind: str, track: MediaStreamTrack) -> None:
-        """Read frames until the track ends; write those before the cap, drain the rest."""
+    async def _consume(self, state: _Track) -> None:
+        """Read frames until the track ends or reaches the end point; hand them to the lane."""
+        lane = self._lanes[state.kind]
         try:
-            while True:
-                frame = await track.recv()
-                self._consumed[kind] = self._consumed.get(kind, 0) + 1
-                at = self._place(kind, frame)
-                if at * 1000 >= self.max_duration_ms:
-                    self._finish("cap")
-                elif self.finish_reason != "error":
-                    await self._run(self._write_sync, kind, frame, at)
+            while not state.passed.is_set():
+                frame = await state.track.recv()
+                at = self._place(state, frame)
+                if self._take(state, frame, at):
+                    lane.put((frame, at))
+                    self._note_drops()
+                if lane.error is not None:
+                    raise lane.error
         except MediaStreamError:
-            self._ended.add(kind)
-            if self._ended >= set(self._tracks):
+            state.passed.set()
+            if all(t.passed.is_set() for t in self._tracks.values()):
                 self._finish("ended")
         except Exception:
             log.exception("recording %s failed", self.path.name)
+            state.passed.set()
             self._finish("error")
 
-    def _place(self, kind: str, frame: Any) -> float:
+    def _place(self, state: _Track, frame: Any) -> float:
         """Note the arrival of `frame`; return its start on the timeline in seconds."""
         now = time.monotonic()
-        if self.first_frame_at is None:
+        audio = isinstance(frame, AudioFrame) and frame.sample_rate
+        length = frame.samples / frame.sample_rate if audio else None
+        if self.first_frame_at is None:  # t=0: when it was sent, as far as we can tell yet
             self.first_frame_at = now
+            self._t0 = now - state.timeline.hold_s(length)
         self.last_frame_at = now
-        return self._clocks[kind].seconds(frame, now - self.first_frame_at)
+        return state.timeline.place(frame.pts, frame.time_base, now - self._t0, length)
+
+    def _take(self, state: _Track, frame: Any, at: float) -> bool:
+        """Whether `frame` (starting at `at`) is recorded; sets `passed` at the end point."""
+        cap_s = self.max_duration_ms / 1000
+        audio = isinstance(frame, AudioFrame) and frame.sample_rate
+        length = frame.samples / frame.sample_rate if audio else None
+        verdict = state.timeline.decide(at, length, end_at=self._end_at, cap_s=cap_s)
+        if verdict is Verdict.END:
+            state.passed.set()  # every frame sent before the stop (or the cap) has arrived
+            if at >= cap_s:
+                self._finish("cap")
+        elif state.timeline.is_last(at, self._end_at):
+            state.passed.set()  # the next frame was sent after the stop
+        return verdict is Verdict.KEEP
+
+    def _note_drops(self) -> None:
+        lane = self._lanes.get("video")
+        if lane is not None and lane.dropped != self._dropped_seen:
+            self._dropped_seen = lane.dropped
+            self._dropped_at = time.monotonic()
 
     def _finish(self, reason: str) -> None:
         if not self.finished.is_set():
             self.finish_reason = reason
             self.finished.set()
 
+    def _end_point(self) -> float:
+        """The stop point on the timeline: now, but never past the cap."""
+        if self.first_frame_at is None:
+            return 0.0
+        now_s = time.monotonic() - self._t0
+        return min(now_s, self.max_duration_ms / 1000)
+
     async def _halt(self) -> None:
-        """Cancel the consumers and drains (their pending encoder work still completes)."""
+        """Cancel the consumers and drains (frames already queued in the lanes stay)."""
         if self._halted:
             return
         self._halted = True
@@ -401,35 +317,38 @@ class StoryRecorder:
         self._tasks.clear()
         await self._blackhole.stop()
 
-    async def _catch_up(self, limit_s: float = 3.0) -> None:
-        """Before stopping, write the frames that had already arrived (decoded and queued).
+    async def _settle_lanes(self) -> None:
+        await asyncio.gather(*(lane.drain() for lane in set(self._lanes.values())))
 
-        A recorder running behind (a busy machine) would otherwise cut the end of
-        the story: aiortc's receiver queues decoded frames until `recv()` takes them.
-        Only the backlog present now is awaited, at most `limit_s`; frames arriving
-        after the stop are not.
-        """
-        targets = {}
-        for kind, track in self._tracks.items():
-            queue = getattr(track, "_queue", None)  # aiortc RemoteStreamTrack's frame queue
-            if isinstance(queue, asyncio.Queue) and queue.qsize():
-                targets[kind] = self._consumed.get(kind, 0) + queue.qsize()
-        deadline = time.monotonic() + limit_s
-        while targets and time.monotonic() < deadline and not self.finished.is_set():
-            if all(self._consumed.get(k, 0) >= n for k, n in targets.items()):
-                return
-            await asyncio.sleep(0.02)
+    def _close_lanes(self) -> None:
+        for lane in set(self._lanes.values()):
+            lane.close()
 
     async def _stop(self) -> RecordingResult:
         if not self._halted:
-            await self._catch_up()
+            self._end_at = self._end_point()
+            for t in self._tracks.values():  # its last frame before the stop came already
+                if t.timeline.latest_at is not None and t.timeline.is_last(
+                    t.timeline.latest_at, self._end_at
+                ):
+                    t.passed.set()
+            waits = [t.passed.wait() for t in self._tracks.values()]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), STOP_GRACE_S)
         await self._halt()
         try:
-            return await self._run(self._finish_sync)
+            await self._settle_lanes()
+            end_s = self._media_end()
+            return await self._lanes["control"].run(self._finish_sync, end_s)
         finally:
-            self._executor.shutdown(wait=False)
+            self._close_lanes()
 
-    # ----------------------------------------------------------------- encoder thread
+    def _media_end(self) -> float:
+        """Where every track ends: the latest track's stop point, or where its media stopped."""
+        ends = [t.timeline.end(self._end_at) for t in self._tracks.values()]
+        return min(max(ends, default=0.0), self.max_duration_ms / 1000)
+
+    # ----------------------------------------------------------------- encoder threads
 
     @property
     def _part(self) -> Path:
@@ -440,29 +359,31 @@ class StoryRecorder:
         return self.poster_path.with_name(self.poster_path.name + ".part")
 
     def _open_sync(self) -> None:
-        container = av.open(str(self._part), mode="w", format="mp4", options=CONTAINER_OPTIONS)
-        self._container = container
+        self._file = StoryFile(self._part)
         if self.has_video:
-            self._video = _VideoOut(container, self.size, self.fps, self._poster_part)
+            self._video = VideoOut(self._file, self.size, self.fps, self._poster_part)
         if self.has_audio:
-            self._audio = _AudioOut(container)
+            self._audio = AudioOut(self._file)
 
-    def _write_sync(self, kind: str, frame: Any, at: float) -> None:
-        if kind == "video" and self._video is not None:
-            self._video.write(frame, round(at * VIDEO_TIME_BASE.denominator))
-            self._end_s = max(self._end_s, at + 1 / self.fps)
-        elif kind == "audio" and self._audio is not None:
-            self._audio.write(frame, at)
-            self._end_s = max(self._end_s, self._audio.samples / AUDIO_RATE)
+    def _write_video(self, item: tuple[VideoFrame, float]) -> None:
+        if self._video is not None:
+            self._video.write(*item)
 
-    def _finish_sync(self) -> RecordingResult:
-        """Flush, close (writes moov up front), rename, read back the duration."""
-        assert self._container is not None
+    def _write_audio(self, item: tuple[AudioFrame, float]) -> None:
+        if self._audio is not None:
+            self._audio.write(*item)
+
+    def _finish_sync(self, end_s: float) -> RecordingResult:
+        """End both tracks at `end_s`, flush, close (moov up front), rename, read back."""
+        assert self._file is not None
+        if self._video is not None and self._video.frames:  # the last frame shows >= 1 frame time
+            end_s = max(end_s, self._video.end_s + 1 / self.fps)
         try:
-            for out in (self._video, self._audio):
-                if out is not None:
-                    out.flush()
-            self._container.close()
+            if self._video is not None:
+                self._video.finish(end_s)
+            if self._audio is not None:
+                self._audio.finish(end_s)
+            self._file.close()
         except Exception:
             self._abort_sync()
             self._remove_files()
@@ -479,13 +400,24 @@ class StoryRecorder:
         os.replace(self._part, self.path)
         with av.open(str(self.path)) as probe:
             duration_ms = (probe.duration or 0) // 1000
-        audio_frames = self._audio.frames if self._audio else 0
-        return RecordingResult(self.path, poster, duration_ms, video_frames, audio_frames)
+            ms = {
+                s.type: int(s.duration * s.time_base * 1000)
+                for s in probe.streams
+                if s.duration and s.time_base
+            }
+        lane = self._lanes.get("video")
+        return RecordingResult(
+            self.path, poster, duration_ms, video_frames,
+            audio_frames=self._audio.frames if self._audio else 0,
+            video_ms=ms.get("video", 0), audio_ms=ms.get("audio", 0),
+            video_dropped=lane.dropped if lane else 0,
+            video_skipped=self._tracks["video"].timeline.skipped if self.has_video else 0,
+        )  # fmt: skip
 
     def _abort_sync(self) -> None:
-        if self._container is not None:
+        if self._file is not None:
             with contextlib.suppress(Exception):
-                self._container.close()
+                self._file.close()
         self._video = self._audio = None
 
     def _remove_files(self) -> None:

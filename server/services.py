@@ -24,6 +24,7 @@ from server.keys import Keys
 from server.limits import Idempotency
 from server.reads import StoryReader
 from server.rollout import Rollout
+from server.scratch import process_dir, sweep_data_dir
 from server.scripts import Scripts
 from server.seen import SeenBook
 from server.settings import Settings
@@ -103,8 +104,8 @@ class Services:
         )  # fmt: skip
         writer, reader = StoryWriter(store), StoryReader(store)
         hub = Hub(store, reader)
-        (data / "captures").mkdir(parents=True, exist_ok=True)
-        captures = CaptureManager(capture_config(settings), data / "captures",
+        sweep_data_dir(data)  # partial files of captures and uploads of dead processes
+        captures = CaptureManager(capture_config(settings), process_dir(data / "captures"),
                                   on_finished=lambda c, r: publish_capture(svc, c, r),
                                   on_failed=lambda c, d: report_failure(svc, c, d))  # fmt: skip
         broker = Broker(redis, hub, keys.canary_channel(secrets.token_hex(6)))

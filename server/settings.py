@@ -79,7 +79,9 @@ class Settings:
     media_secret: str | None = None  # HMAC key of media URLs; None: generated into data_dir
     # --- live capture ---
     capture_max_duration_ms: int = 15_000  # cap per captured segment, at most 60000
-    capture_max_concurrent: int = 3  # live captures per process; beyond: 429
+    # live captures per process; beyond: 429. Each takes about 0.45 of a core (720x1280
+    # H.264 at 30 fps, bench/capture.py): 2 keep every frame on 2 cores, 3 do not
+    capture_max_concurrent: int = 2
     capture_ice_servers: list[str] = field(default_factory=list)  # STUN/TURN URLs; none by default
     # --- websocket ---
     ws_send_queue_bytes: int = 1024 * 1024  # per-connection send queue; overflow closes 1013

@@ -38,6 +38,7 @@ from server.errors import (
 from server.media import MediaLimits, ProcessedMedia, estimate_bytes, process_media
 from server.membudget import MIB, MemoryBudget, return_freed_buffers_to_the_os
 from server.parse import content_length
+from server.scratch import process_dir
 
 COPY_CHUNK = 1024 * 1024
 
@@ -101,8 +102,12 @@ class PostForm:
 
 @asynccontextmanager
 async def workdir(tmp_root: Path) -> AsyncIterator[Path]:
-    """A private temporary folder, removed with everything in it on exit."""
-    path = tmp_root / uuid.uuid4().hex
+    """A private temporary folder, removed with everything in it on exit.
+
+    It lives in this process's folder of `tmp_root` (`scratch.process_dir`), so what a
+    killed process leaves is removed when the next one starts (`scratch.sweep_data_dir`).
+    """
+    path = process_dir(tmp_root) / uuid.uuid4().hex
     path.mkdir(parents=True)
     try:
         yield path

@@ -46,7 +46,7 @@ def assert_nothing_stored(api: Api, settings: Settings) -> None:
     media = settings.data_path / "media"
     assert not media.exists() or not [p for p in media.rglob("*") if p.is_file()]
     tmp = settings.data_path / "tmp"
-    assert not tmp.exists() or not list(tmp.iterdir())
+    assert not tmp.exists() or not [q for p in tmp.iterdir() for q in p.iterdir()]  # per process
     r = redis.Redis.from_url(settings.redis_url or "")
     try:
         assert list(r.scan_iter(f"{settings.redis_prefix}st:*")) == []

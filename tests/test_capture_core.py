@@ -72,13 +72,13 @@ def tone_frames() -> list[bytes]:
 
 
 class CityVideo(MediaStreamTrack):
-    """city.mpg frames paced at 25 fps; `sizes` switches resolution every `switch_s` seconds."""
+    """city.mpg frames paced at `fps` (25); `sizes` switches resolution every `switch_s` s."""
 
     kind = "video"
 
-    def __init__(self, sizes: list[tuple[int, int]], switch_s: float = 1.0) -> None:
+    def __init__(self, sizes: list[tuple[int, int]], switch_s: float = 1.0, fps: int = FPS) -> None:
         super().__init__()
-        self.sizes, self.switch_s = sizes, switch_s
+        self.sizes, self.switch_s, self.fps = sizes, switch_s, fps
         self.frozen = asyncio.Event()  # set: recv() blocks, as a vanished browser sends nothing
         self.sent = 0
         self.first_sent_at: float | None = None
@@ -86,16 +86,16 @@ class CityVideo(MediaStreamTrack):
     async def recv(self) -> VideoFrame:
         if self.first_sent_at is None:
             self.first_sent_at = time.monotonic()
-        await asyncio.sleep(max(0.0, self.first_sent_at + self.sent / FPS - time.monotonic()))
+        await asyncio.sleep(max(0.0, self.first_sent_at + self.sent / self.fps - time.monotonic()))
         if self.frozen.is_set():
             await asyncio.Future()  # never resolves; cancelled when the client closes
-        at = self.sent / FPS
+        at = self.sent / self.fps
         width, height = self.sizes[int(at / self.switch_s) % len(self.sizes)]
         planes = city_planes(width, height)[self.sent % SOURCE_FRAMES]
         frame = VideoFrame(width, height, "yuv420p")
         for plane, data in zip(frame.planes, planes, strict=True):
             plane.update(data)
-        frame.pts, frame.time_base = self.sent * (90_000 // FPS), VIDEO_TB
+        frame.pts, frame.time_base = round(self.sent * 90_000 / self.fps), VIDEO_TB
         self.sent += 1
         return frame
 
@@ -133,12 +133,14 @@ class Client:
         audio: bool = True,
         sizes: list[tuple[int, int]] | None = None,
         extra_video: bool = False,
+        fps: int = FPS,
     ) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.video = CityVideo(sizes or [(640, 360)])
+        self.video = CityVideo(sizes or [(640, 360)], fps=fps)
         self.pc.addTransceiver(self.video, direction="sendonly")
-        if audio:
-            self.pc.addTransceiver(ToneAudio(), direction="sendonly")
+        self.audio = ToneAudio() if audio else None
+        if self.audio is not None:
+            self.pc.addTransceiver(self.audio, direction="sendonly")
         if extra_video:  # e.g. a second camera: accepted, drained, not recorded
             self.pc.addTransceiver(CityVideo([(320, 180)]), direction="sendonly")
 
