@@ -94,6 +94,7 @@ class StoryWriter:
                 self._archive_until(rec.expires_ms),
                 k.stories_channel(rec.owner),
                 events.encode(event),
+                k.inbox_channel(rec.owner),
                 *fields,
             ],
             client=pipe,
@@ -136,7 +137,7 @@ class StoryWriter:
         ended = await self.s.scripts.end_item(
             keys=[k.item(rec.owner, rec.seq), k.items(rec.owner), k.archive(rec.owner)],
             args=[reason, now_ms, self._archive_until(now_ms), k.stories_channel(rec.owner),
-                  events.encode(event)],
+                  events.encode(event), k.inbox_channel(rec.owner)],
         )  # fmt: skip
         pipe = self.s.redis.pipeline(transaction=False)
         pipe.zrem(k.expiry_schedule(), rec.id)
@@ -162,7 +163,13 @@ class StoryWriter:
         event = events.story_audience(rec.owner, rec.seq, rec.audience, audience)
         old = await self.s.scripts.set_audience(
             keys=[k.item(rec.owner, rec.seq), k.items(rec.owner)],
-            args=[audience, new.member, k.stories_channel(rec.owner), events.encode(event)],
+            args=[
+                audience,
+                new.member,
+                k.stories_channel(rec.owner),
+                events.encode(event),
+                k.inbox_channel(rec.owner),
+            ],
         )
         if old is None:
             raise NotFound(f"no story item {item_id(rec.owner, rec.seq)}")

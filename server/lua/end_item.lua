@@ -1,7 +1,7 @@
 -- End an active item (expired or deleted): unindex, archive, publish. Idempotent.
 -- KEYS[1] item hash  KEYS[2] active-items ZSET  KEYS[3] archive ZSET
 -- ARGV[1] reason ("expired" | "deleted")  ARGV[2] now ms  ARGV[3] hash PEXPIREAT ms
--- ARGV[4] channel  ARGV[5] event payload
+-- ARGV[4] stories channel  ARGV[5] event payload  ARGV[6] owner's inbox channel
 -- Returns 1 when this call ended the item, 0 when it was not active.
 if redis.call('HGET', KEYS[1], 'status') ~= 'active' then
   return 0
@@ -13,4 +13,5 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_ms', ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], seq)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[5])
 return 1
