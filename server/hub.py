@@ -8,6 +8,15 @@ tray entries differ by viewer (seen state, close friends) and are encoded once
 per distinct entry. Tray entries are computed from the cache, not from Redis,
 so pushing a post costs no Redis work per follower.
 
+Sockets come and go in storms (thousands at once after a network blip), so
+each step of a socket's life costs O(its own channels), never O(all channels):
+`sign_in` joins its inbox and reads its User and relation sets in one
+pipeline; the stories channels it needs are subscribed in the broker's next
+batch; owners not cached yet are read in one pipeline shared by every socket
+waiting for them; and the `tray.snapshot` is computed from the same caches as
+the deltas (no Redis work when they are warm). `detach` leaves exactly the
+channels `Connection.channels()` names (`interest.py`).
+
 Sending is the dispatcher's (`dispatch.py`): bounded outboxes, one flush per
 event-loop iteration, packing, and 1013 for a reader that falls behind.
 """

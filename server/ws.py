@@ -109,7 +109,9 @@ async def ws_endpoint(ws: WebSocket, wire: Wire, receive: Receive) -> None:
         return
     conn = Connection({"id": principal.user_id}, wire, close, svc.settings.ws_send_queue_bytes)
     try:
-        if await _sign_in(ws, svc, conn, principal.claims):
+        signed_in = await _sign_in(ws, svc, conn, principal.claims)
+        del principal  # the token's claims are not kept per socket
+        if signed_in:
             gate: RateGate | None = None  # made at the first frame: idle sockets never need one
             while not conn.closing:
                 message = await receive()
