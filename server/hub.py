@@ -93,7 +93,8 @@ class Hub:
         self.conns: set[Connection] = set()
         self.interest: Interest[Connection] = Interest(self.conns.__contains__)
         self.owners: dict[str, OwnerCache] = {}
-        self._loads: dict[str, asyncio.Future[None]] = {}  # owner → fill of its cache
+        # owner → the pending fill of its cache, or None once it is loaded (no object per owner)
+        self._loads: dict[str, asyncio.Future[None] | None] = {}
         self._fills: set[asyncio.Task[None]] = set()
         self.draining = False
         self.signing_in: set[Callable[[int, str], Awaitable[None]]] = set()  # close() of sockets
@@ -250,7 +251,7 @@ class Hub:
         missing = [o for o in owners if o not in self._loads]
         if missing:
             self._start_load(missing, own)
-        return [f for o in owners if not (f := self._loads[o]).done() or f.exception()]
+        return [f for o in owners if (f := self._loads[o]) is not None and not f.done()]
 
     def _start_load(self, owners: list[str], own: dict[str, Any] | None) -> None:
         loop = asyncio.get_running_loop()
@@ -293,19 +294,24 @@ class Hub:
         """Merge a read of `owner`'s User and active items into its cache; mark it loaded.
 
         Events that arrived during the read were applied first and win
-        (`setdefault`; removed seqs stay removed).
+        (`setdefault`; removed seqs stay removed). An owner with nothing active
+        keeps no cache at all (most users have no story at a given moment; a
+        `story.new` makes one), only its mark in `_loads`.
         """
-        cache = self.owners.setdefault(owner, OwnerCache(user={"id": owner}))
+        self._loads[owner] = None
+        cache = self.owners.get(owner)
+        if cache is None:
+            if not raw:
+                return
+            cache = self.owners[owner] = OwnerCache(user={"id": owner})
         if user:
             cache.user = user
         for member, score in raw:
             item = ActiveItem.parse(member, score)
             if item.seq not in cache.removed:
                 cache.items.setdefault(item.seq, item)
-        if owner not in self._loads:
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            self._loads[owner] = done
+        if not cache.items and not cache.removed:
+            del self.owners[owner]
 
     async def _snapshot(self, conn: Connection) -> None:
         """Queue `conn`'s tray.snapshot, computed from the owner caches once they are complete."""
