@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -78,18 +77,25 @@ async def _authenticate(ws: WebSocket, svc: Services) -> Principal:
     return svc.auth.verify(token)
 
 
-async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
-    with contextlib.suppress(Exception):
-        await ws.close(code, reason[:120])
+class _Socket(WebSocket):
+    """Starlette's WebSocket with a close that never raises (the socket may be gone).
+
+    A bound method of it is the `Connection.close` the hub calls: one small
+    object per socket where a `functools.partial` costs three.
+    """
+
+    async def close_quietly(self, code: int, reason: str = "") -> None:
+        with contextlib.suppress(Exception):
+            await self.close(code, reason[:120])
 
 
 def serve(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
     """The ASGI entry of `/ws` (see `app.StoriesApp`): `send` is the server's own."""
-    ws = WebSocket(scope, receive, send)
+    ws = _Socket(scope, receive, send)
     return ws_endpoint(ws, wire_for(ws, send), receive)
 
 
-async def ws_endpoint(ws: WebSocket, wire: Wire, receive: Receive) -> None:
+async def ws_endpoint(ws: _Socket, wire: Wire, receive: Receive) -> None:
     """One socket's life: accept, sign in, hello, attach to the hub, read ops, detach.
 
     An idle socket keeps this coroutine's frame for hours, so the read loop is
@@ -99,13 +105,13 @@ async def ws_endpoint(ws: WebSocket, wire: Wire, receive: Receive) -> None:
     svc: Services = ws.app.state.services
     await ws.accept()
     hub = svc.hub
-    close = functools.partial(_close, ws)
+    close = ws.close_quietly
     hub.signing_in.add(close)  # a drain closes it too (1012 with a wait), not only uvicorn
     try:
         principal = await _authenticate(ws, svc)
     except (StoriesError, WebSocketDisconnect) as exc:
         hub.signing_in.discard(close)
-        await _close(ws, frames.WS_4001_UNAUTHORIZED, getattr(exc, "detail", "unauthorized"))
+        await ws.close_quietly(frames.WS_4001_UNAUTHORIZED, getattr(exc, "detail", "unauthorized"))
         return
     conn = Connection({"id": principal.user_id}, wire, close, svc.settings.ws_send_queue_bytes)
     try:
@@ -124,13 +130,13 @@ async def ws_endpoint(ws: WebSocket, wire: Wire, receive: Receive) -> None:
         pass
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         reason = retry_reason(svc.settings, "storage unavailable")
-        await _close(ws, frames.WS_1013_TRY_AGAIN_LATER, reason)
+        await ws.close_quietly(frames.WS_1013_TRY_AGAIN_LATER, reason)
     finally:
         hub.signing_in.discard(close)
         await hub.detach(conn)
 
 
-async def _sign_in(ws: WebSocket, svc: Services, conn: Connection, claims: dict[str, Any]) -> bool:
+async def _sign_in(ws: _Socket, svc: Services, conn: Connection, claims: dict[str, Any]) -> bool:
     """Through the sign-in gate: the hub's sign-in, `hello`, then the snapshot (`Hub.attach`).
 
     False when the socket is closed instead: 1013 with `{"retry_after_ms"}` when
@@ -148,29 +154,29 @@ async def _sign_in(ws: WebSocket, svc: Services, conn: Connection, claims: dict[
                                             server_time=frames.rfc3339(now)))  # fmt: skip
             await hub.attach(conn)
     except Busy as exc:
-        await _close(ws, frames.WS_1013_TRY_AGAIN_LATER, retry_reason(svc.settings, str(exc)))
+        await ws.close_quietly(frames.WS_1013_TRY_AGAIN_LATER, retry_reason(svc.settings, str(exc)))
         return False
     return not conn.closing
 
 
 async def _on_frame(
-    ws: WebSocket, svc: Services, conn: Connection, gate: RateGate, message: Message
+    ws: _Socket, svc: Services, conn: Connection, gate: RateGate, message: Message
 ) -> bool:
     """Check and run one client frame; False when it closed the socket."""
     text = message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace")
     if len(text) > svc.settings.ws_max_frame_bytes:
-        await _close(ws, frames.WS_1009_MESSAGE_TOO_BIG, "frame too big")
+        await ws.close_quietly(frames.WS_1009_MESSAGE_TOO_BIG, "frame too big")
         return False
     if not gate.allow():
-        await _close(ws, frames.WS_1008_POLICY_VIOLATION, "too many frames")
+        await ws.close_quietly(frames.WS_1008_POLICY_VIOLATION, "too many frames")
         return False
     try:
         op = frames.parse_op(text)
     except frames.ProtocolError as exc:
-        await _close(ws, frames.WS_1008_POLICY_VIOLATION, str(exc))
+        await ws.close_quietly(frames.WS_1008_POLICY_VIOLATION, str(exc))
         return False
     if op.name == "auth":  # only ever the first frame
-        await _close(ws, frames.WS_1008_POLICY_VIOLATION, "already signed in")
+        await ws.close_quietly(frames.WS_1008_POLICY_VIOLATION, "already signed in")
         return False
     await _handle(svc, conn, op)
     return True
