@@ -559,7 +559,7 @@ async def run_storms(
     """Close storm, then connect storm, on each server (see `bench/storms.py`)."""
     probes: dict[str, storms.Probe] = {}
     for name in targets:
-        marker = SNAPSHOT if name == STORIES else b'"type":"hello"'
+        marker = b'"type":"hello"' if name == BASELINE else SNAPSHOT
         probe = await ws_connect(
             lambda n=name, m=marker: storms.Probe(probe_paths[n], m), ports[name]
         )
@@ -668,7 +668,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         pools = {
             STORIES: ClientPool(STORIES, server.port, SNAPSHOT, args.clients),
             BASELINE: ClientPool(BASELINE, baseline.port, b'"type":"hello"', args.clients),
-            FLOOR: ClientPool(FLOOR, floor.port, SNAPSHOT, 1),
+            FLOOR: ClientPool(FLOOR, floor.port, SNAPSHOT, args.clients),
         }
         for pool in pools.values():
             stack.callback(pool.close)
@@ -737,12 +737,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         res["profile"] = profile_summary(profile)
                     results["phases"].append(res)
         if args.storms:
-            ports = {STORIES: server.port, BASELINE: baseline.port}
+            ports = {STORIES: server.port, BASELINE: baseline.port, FLOOR: floor.port}
             probe_paths = {
                 STORIES: f"/ws?token={auth.mint(PROBE_ID, now_s)}",
                 BASELINE: "/?n=probe",
+                FLOOR: "/ws",
             }
-            results["storms"] = await run_storms(store, targets, ports, paths, probe_paths,
+            results["storms"] = await run_storms(store, idle_targets, ports, paths, probe_paths,
                                                  args.profile)  # fmt: skip
         await asyncio.sleep(2.0)
         results["server_log_after"] = targets[STORIES].new_log_lines()[:20]
@@ -967,7 +968,9 @@ every socket connects at once. "Max loop stall" is the longest ping→pong of a
 probe socket pinging every 20 ms; a socket is told to retry by a 1013 close with
 `{{"retry_after_ms": n}}`, and then waits n ms and tries again (up to
 {storms.MAX_TRIES} tries); "first answer" is the snapshot or that 1013, whichever
-came; "to snapshot" counts from the storm's start, waits included.
+came; "to snapshot" counts from the storm's start, waits included. `uvicorn-idle`
+is the bare ASGI app on uvicorn (accept, one frame): the stall and CPU uvicorn
+itself takes for the same storm.
 
 {storms.storm_table(run["storms"])}
 """

@@ -2,8 +2,9 @@
 
 Clients coming back after a network blip, a load balancer failing over, a
 deploy elsewhere: thousands of sockets close, or open, in the same second.
-`fanout.py` runs both storms on the stories server and on the `websockets`
-baseline, after its fan-out phases, with the same client processes:
+`fanout.py` runs both storms on the stories server, on the `websockets`
+baseline and on the bare uvicorn app (`uvicorn-idle`: what uvicorn itself costs
+and stalls for), after its fan-out phases, with the same client processes:
 
 - **close storm**: every client process closes all its sockets in one loop
   (a close frame, then FIN). The phase lasts until the server is quiet again

@@ -49,6 +49,12 @@ BATCH = 1000  # channels per SUBSCRIBE / UNSUBSCRIBE command
 CONFIRM_TIMEOUT_S = 5.0  # `acquire` waits at most this long for Redis to confirm
 
 
+def _settle(batch: asyncio.Future[None]) -> None:
+    """Release the waiters of `batch` (its confirmation is late: they go on without it)."""
+    if not batch.done():
+        batch.set_result(None)
+
+
 class Receiver(Protocol):
     """What the broker hands publications to (the hub implements it)."""
 
@@ -111,6 +117,8 @@ class Broker:
 
         Returns once Redis confirmed them (at most `CONFIRM_TIMEOUT_S`), at once
         when none is new or the link is down (the reconnect subscribes them).
+        The wait is the batch's own future (shielded: a cancelled caller leaves it
+        to the others), whose one timer is the batch's, not one per caller.
         """
         fresh = False
         for channel in channels:
@@ -121,8 +129,7 @@ class Broker:
         if fresh:
             batch = self._kick()
             if batch is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(batch), CONFIRM_TIMEOUT_S)
+                await asyncio.shield(batch)
 
     def release(self, *channels: str) -> None:
         """Count one less interest in each channel; UNSUBSCRIBE those left with none, batched.
@@ -171,6 +178,7 @@ class Broker:
                     chunk = subscribe[start : start + BATCH]
                     if done is not None and start + BATCH >= len(subscribe):
                         self._confirming.append((chunk[-1].encode(), done))
+                        asyncio.get_running_loop().call_later(CONFIRM_TIMEOUT_S, _settle, done)
                         done = None
                     self.commands += 1
                     await pubsub.subscribe(*chunk)
@@ -186,6 +194,8 @@ class Broker:
 
     def _confirmed(self, channel: bytes) -> None:
         """A subscribe confirmation came: release the batch it ends, if it ends one."""
+        while self._confirming and self._confirming[0][1].done():  # timed out: not waited for
+            self._confirming.popleft()
         if self._confirming and self._confirming[0][0] == channel:
             _, done = self._confirming.popleft()
             if not done.done():

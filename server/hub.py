@@ -167,27 +167,30 @@ class Hub:
                 await conn.sending
 
     async def _load_relations(self, conn: Connection, claims: dict[str, Any] | None = None) -> None:
-        """Read `conn`'s relation sets and seen map (and, with `claims`, its User); apply them."""
+        """Read `conn`'s relation sets and seen map (and, with `claims`, its User); apply them.
+
+        One call of `lua/sign_in.lua`, which also reads the user's own active
+        items when their cache is not loaded yet.
+        """
         k, uid = self.s.keys, conn.user_id
-        pipe = self.s.redis.pipeline(transaction=False)
-        pipe.zrange(k.following(uid), 0, -1)
-        pipe.smembers(k.close_friend_of(uid))
-        pipe.smembers(k.hidden_from(uid))
-        pipe.hgetall(k.seen(uid))
         own = uid not in self._loads  # the user's own items: fill their cache in the same trip
-        if own:
-            pipe.zrangebyscore(k.items(uid), f"({self.now()}", "+inf", withscores=True)
+        keys = [k.following(uid), k.close_friend_of(uid), k.hidden_from(uid), k.seen(uid),
+                k.items(uid), k.user(uid)]  # fmt: skip
+        args = [f"({self.now()}" if own else "", "1" if claims is not None else ""]
+        following, cfof, hidden, seen, items, user = await self.s.scripts.sign_in(keys, args)
         if claims is not None:
-            pipe.hgetall(k.user(uid))
-        following, cfof, hidden, seen, *more = await pipe.execute()
-        if claims is not None:
-            conn.user = decode_user(more[-1]) or await self.s.users.ensure(uid, claims)
+            found = decode_user(dict(zip(user[::2], user[1::2], strict=True)))
+            conn.user = found or await self.s.users.ensure(uid, claims)
         if conn not in self.conns:  # detached meanwhile: it must not join anything now
             return
         if own and uid not in self._loads:  # (another socket of the user may have filled it)
-            self._filled(uid, conn.user, more[0])
+            self._filled(
+                uid, conn.user, list(zip(items[::2], map(float, items[1::2]), strict=True))
+            )
         if seen:
-            conn.seen = {sys.intern(o.decode()): int(v) for o, v in seen.items()}
+            conn.seen = {
+                sys.intern(o.decode()): int(v) for o, v in zip(seen[::2], seen[1::2], strict=True)
+            }
         await self._set_relations(conn, _ids(following), _ids(cfof), _ids(hidden))
 
     async def _set_relations(

@@ -80,7 +80,7 @@ class Settings:
     ws_reconnect_base_ms: int = 1000  # told to clients on 1012; they wait base + jitter
     ws_reconnect_spread_ms: int = 5000  # width of the jitter window, milliseconds
     ws_sign_in_concurrency: int = 32  # sockets signing in at once; < redis_max_connections
-    ws_sign_in_queue: int = 1000  # sockets waiting to sign in; beyond: 1013 + retry_after_ms
+    ws_sign_in_queue: int = 2000  # sockets waiting to sign in; beyond: 1013 + retry_after_ms
 
     @property
     def data_path(self) -> Path:
