@@ -58,7 +58,7 @@ KINDS = ("still", "obedient", "deaf")
 # --- the reconnect policy of client_demo/stories-client.js ------------------------------
 
 
-def close_plan_ms(code: int, reason: bytes, attempt: int, rand: random.Random) -> int:
+def close_plan_ms(code: int, reason: str | bytes, attempt: int, rand: random.Random) -> int:
     """Milliseconds to wait before reconnecting, as `closePlan`/`backoffDelay` in stories-client.js."""
     if code == 1012:
         try:

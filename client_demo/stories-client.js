@@ -45,20 +45,20 @@ export function backoffDelay(attempt, { baseMs = 500, capMs = 30000, random = Ma
  */
 export function closePlan(code, reason, attempt, random = Math.random) {
   if (code === 4001) return { reconnect: false, signOut: true };
-  if (code === 1012) {
-    // Service restart: not our fault; come back after a jittered delay, never before
-    // the server's suggested wait.
-    let suggested = null;
-    try {
-      const ms = JSON.parse(reason || 'null')?.retry_after_ms;
-      if (Number.isFinite(ms) && ms >= 0) suggested = Math.min(ms, 300000);
-    } catch { /* reason was not JSON */ }
+  let suggested = null; // a 1012 (restart) or 1013 (busy) may say how long to wait
+  try {
+    const ms = JSON.parse(reason || 'null')?.retry_after_ms;
+    if (Number.isFinite(ms) && ms >= 0) suggested = Math.min(ms, 300000);
+  } catch { /* reason was not JSON */ }
+  if (code === 1012 || (code === 1013 && suggested !== null)) {
+    // Service restart, or too many sockets signing in at once: not our fault; come back
+    // after a jittered delay, never before the server's suggested wait.
     const delay = suggested === null
       ? 500 + Math.floor(random() * 4500)
       : suggested + Math.floor(random() * Math.max(250, suggested * 0.25));
     return { reconnect: true, delay, countsAsFailure: false };
   }
-  // 1008 policy, 1009 too big, 1013 try later, 1006 network and anything else.
+  // 1008 policy, 1009 too big, 1013 too slow a reader, 1006 network and anything else.
   return { reconnect: true, delay: backoffDelay(attempt, { random }), countsAsFailure: true };
 }
 

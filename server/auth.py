@@ -8,6 +8,7 @@ id) and `exp` are required. Dev login mints HS256 tokens with the same secret.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,15 +52,20 @@ class Authenticator:
         self.issuer = settings.jwt_issuer
         self.dev_ttl_s = settings.dev_token_ttl_s
         self.leeway_s = settings.jwt_leeway_s
+        # The verification key is prepared once (a sign-in storm verifies thousands of
+        # tokens a second): HS256 as a PyJWK bound to its algorithm, RS256/ES256 as the
+        # parsed public key (PyJWT would otherwise parse the PEM on every call).
         if self.algorithm == "HS256":
             secret = settings.jwt_secret
             self._secret: bytes = (
                 secret.encode() if secret else load_or_create_secret(settings.data_path, "jwt")
             )
-            self._verify_key: Any = self._secret
+            k = base64.urlsafe_b64encode(self._secret).rstrip(b"=").decode()
+            self._verify_key: Any = jwt.PyJWK({"kty": "oct", "k": k}, algorithm="HS256")
         else:
             self._secret = b""
-            self._verify_key = Path(settings.jwt_public_key_file or "").read_bytes()
+            pem = Path(settings.jwt_public_key_file or "").read_bytes()
+            self._verify_key = jwt.get_algorithm_by_name(self.algorithm).prepare_key(pem)
 
     def verify(self, token: str | None) -> Principal:
         """Claims of a valid token. Raises Unauthorized (401) otherwise."""

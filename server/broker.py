@@ -4,6 +4,17 @@ Publications go up to the hub through the narrow `Receiver` protocol; the
 broker never imports the hub. Channels are subscribed while at least one
 local connection needs them (`acquire`/`release` count references).
 
+Subscription changes are batched: `acquire` and `release` only count and mark
+channels dirty; one flusher task sends what changed as one SUBSCRIBE and one
+UNSUBSCRIBE (at most `BATCH` channels each), so a thousand sockets signing in
+or closing in the same moment cost a few commands, not a round trip each.
+`acquire` returns once Redis has confirmed the SUBSCRIBE of its channels (or
+the link is down: then the reconnect subscribes every referenced channel and
+the hub resyncs), so a caller may read state after it without missing an
+event. `release` never waits and never raises. The flusher holds its own
+reference to the pub/sub object it writes to, so a link torn down meanwhile
+only fails that write; whatever was dirty is sent again on the next link.
+
 Failure handling:
 - a dropped connection (Redis restart, `CLIENT KILL TYPE pubsub`) ends the
   reader with an error; the broker reconnects with exponential backoff and
@@ -24,7 +35,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -34,6 +45,14 @@ from server.backoff import Backoff, raise_if_cancelling
 
 log = logging.getLogger("stories.broker")
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+BATCH = 1000  # channels per SUBSCRIBE / UNSUBSCRIBE command
+CONFIRM_TIMEOUT_S = 5.0  # `acquire` waits at most this long for Redis to confirm
+
+
+def _settle(batch: asyncio.Future[None]) -> None:
+    """Release the waiters of `batch` (its confirmation is late: they go on without it)."""
+    if not batch.done():
+        batch.set_result(None)
 
 
 class Receiver(Protocol):
@@ -68,9 +87,15 @@ class Broker:
         self._canary_seen = time.monotonic()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()
         self.nonce = secrets.token_hex(4)
         self._reconnected = False
+        self._dirty: set[str] = set()  # channels whose subscription may have to change
+        self._flusher: asyncio.Task[None] | None = None
+        self._next: asyncio.Future[None] | None = None  # done when the next flush is confirmed
+        self._confirming: deque[tuple[bytes, asyncio.Future[None]]] = (
+            deque()
+        )  # (last channel, batch)
+        self.commands = 0  # SUBSCRIBE and UNSUBSCRIBE commands sent by the flusher
 
     async def start(self) -> None:
         self._tasks = [
@@ -79,32 +104,113 @@ class Broker:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._flusher] if self._flusher else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._drop()
 
-    async def acquire(self, channel: str) -> None:
-        """Count one more local interest in `channel`; SUBSCRIBE on the first."""
-        self.refs[channel] += 1
-        if self.refs[channel] == 1 and self.pubsub is not None and self._ready.is_set():
-            async with self._lock:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await self.pubsub.subscribe(channel)
+    async def acquire(self, *channels: str) -> None:
+        """Count one more local interest in each channel; SUBSCRIBE the new ones, batched.
 
-    async def release(self, channel: str) -> None:
-        """Count one less interest; UNSUBSCRIBE when none is left."""
-        if self.refs[channel] <= 0:
-            return
-        self.refs[channel] -= 1
-        if self.refs[channel] == 0:
-            del self.refs[channel]
-            if self.pubsub is not None and self._ready.is_set():
-                async with self._lock:
-                    with contextlib.suppress(*REDIS_ERRORS):
-                        await self.pubsub.unsubscribe(channel)
+        Returns once Redis confirmed them (at most `CONFIRM_TIMEOUT_S`), at once
+        when none is new or the link is down (the reconnect subscribes them).
+        The wait is the batch's own future (shielded: a cancelled caller leaves it
+        to the others), whose one timer is the batch's, not one per caller.
+        """
+        fresh = False
+        for channel in channels:
+            self.refs[channel] += 1
+            if self.refs[channel] == 1:
+                self._dirty.add(channel)
+                fresh = True
+        if fresh:
+            batch = self._kick()
+            if batch is not None:
+                await asyncio.shield(batch)
+
+    def release(self, *channels: str) -> None:
+        """Count one less interest in each channel; UNSUBSCRIBE those left with none, batched.
+
+        Never waits and never raises: a channel released while the link is down
+        is simply not subscribed again on the next link.
+        """
+        for channel in channels:
+            count = self.refs.get(channel, 0)
+            if count > 1:
+                self.refs[channel] = count - 1
+            elif count == 1:
+                del self.refs[channel]
+                self._dirty.add(channel)
+        if self._dirty:
+            self._kick()
+
+    def _kick(self) -> asyncio.Future[None] | None:
+        """Make sure the flusher runs; the future of the flush that will carry the dirty set.
+
+        None when the link is down (nothing to wait for: `_connect` subscribes
+        every referenced channel and flushes what changed meanwhile).
+        """
+        if self.pubsub is None or not self._ready.is_set():
+            return None
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="broker-flush"
+            )
+        return self._next
+
+    async def _flush(self) -> None:
+        """Send dirty channels as SUBSCRIBE / UNSUBSCRIBE batches until none is left."""
+        while self._dirty and self.pubsub is not None and self._ready.is_set():
+            pubsub, dirty, done = self.pubsub, self._dirty, self._next
+            self._dirty, self._next = set(), None
+            subscribe = [c for c in dirty if c in self.refs]
+            unsubscribe = [c for c in dirty if c not in self.refs]
+            try:
+                for start in range(0, len(unsubscribe), BATCH):
+                    self.commands += 1
+                    await pubsub.unsubscribe(*unsubscribe[start : start + BATCH])
+                for start in range(0, len(subscribe), BATCH):
+                    chunk = subscribe[start : start + BATCH]
+                    if done is not None and start + BATCH >= len(subscribe):
+                        self._confirming.append((chunk[-1].encode(), done))
+                        asyncio.get_running_loop().call_later(CONFIRM_TIMEOUT_S, _settle, done)
+                        done = None
+                    self.commands += 1
+                    await pubsub.subscribe(*chunk)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the link went meanwhile: the next one gets these
+                log.info("pub/sub subscription change failed (%s); retried on reconnect", exc)
+                self._dirty |= dirty
+            finally:
+                if done is not None and not done.done():
+                    done.set_result(None)  # nothing to confirm (only unsubscribes, or it failed)
+            await asyncio.sleep(0)  # let more sockets come and go before the next batch
+
+    def _confirmed(self, channel: bytes) -> None:
+        """A subscribe confirmation came: release the batch it ends, if it ends one."""
+        while self._confirming and self._confirming[0][1].done():  # timed out: not waited for
+            self._confirming.popleft()
+        if self._confirming and self._confirming[0][0] == channel:
+            _, done = self._confirming.popleft()
+            if not done.done():
+                done.set_result(None)
+
+    def _release_waiters(self) -> None:
+        """The link went: nobody waits for a confirmation that cannot come."""
+        waiting = [done for _, done in self._confirming]
+        self._confirming.clear()
+        if self._next is not None:
+            waiting.append(self._next)
+            self._next = None
+        for done in waiting:
+            if not done.done():
+                done.set_result(None)
 
     async def wait_ready(self, timeout_s: float = 10.0) -> bool:
         """Wait until subscribed (or `timeout_s`); True when ready."""
@@ -117,6 +223,7 @@ class Broker:
     async def _drop(self) -> None:
         self._ready.clear()
         self.healthy = False
+        self._release_waiters()
         if self.pubsub is not None:
             with contextlib.suppress(Exception):
                 await self.pubsub.aclose()
@@ -126,6 +233,8 @@ class Broker:
         """Open a pub/sub connection and subscribe every live channel plus the canary."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
         channels = [self.canary_channel, *self.refs]
+        self._dirty.clear()  # this link starts with every referenced channel; later changes
+        # are dirty again and go out once it is ready
         await pubsub.subscribe(*channels)
         confirmed = 0
         deadline = time.monotonic() + 5
@@ -141,6 +250,8 @@ class Broker:
         pubsub.connection.register_connect_callback(self._on_silent_reconnect)
         self._canary_seen = time.monotonic()
         self._ready.set()
+        if self._dirty:  # changed while connecting: reconcile on this link
+            self._kick()
 
     async def _on_silent_reconnect(self, connection: Any) -> None:
         """redis-py reconnected the pub/sub socket by itself: rebuild ours instead.
@@ -174,13 +285,20 @@ class Broker:
             await asyncio.sleep(backoff.next_delay())
 
     async def _read(self) -> None:
+        pubsub = self.pubsub  # this link's; `_drop` may clear the attribute meanwhile
         while True:
-            msg = await self.pubsub.get_message(timeout=1.0)
+            msg = await pubsub.get_message(timeout=1.0)
             if self._reconnected:
                 raise redis.exceptions.ConnectionError("pub/sub socket was reconnected")
-            if msg is None or msg["type"] != "message":
+            if msg is None:
                 continue
-            self._canary_seen = time.monotonic()  # any message proves the link is alive
+            # any message proves the link is alive: also the thousands of (un)subscribe
+            # confirmations that follow a storm of sockets, read before the canary's turn
+            self._canary_seen = time.monotonic()
+            if msg["type"] != "message":
+                if msg["type"] == "subscribe":
+                    self._confirmed(msg["channel"])
+                continue
             channel = msg["channel"].decode()
             if channel == self.canary_channel:
                 self._canary_seen = time.monotonic()

@@ -7,6 +7,7 @@ instead of sleeping (STYLE.md, "Inject the clock").
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -40,8 +41,13 @@ class ManualClock:
 
 def rfc3339(ms: int) -> str:
     """Epoch milliseconds → `2026-11-29T12:00:00.123Z` (RFC 3339, UTC, milliseconds)."""
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return f"{_second(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(s: int) -> str:
+    """`2026-11-29T12:00:00` for epoch second `s`: a tray repeats the same few thousand."""
+    return datetime.fromtimestamp(s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_rfc3339(text: str) -> int:

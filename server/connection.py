@@ -3,13 +3,21 @@
 The hub filters every pushed event through `relation()`, built from sets
 loaded at connect time and kept current by `graph.changed` events, so no
 Redis read happens per recipient.
+
+Channels (`channels()`): a socket listens on its user's inbox, which also
+carries the lifecycle of the user's own stories (for their other devices), and
+on the stories channel of every followed owner who does not hide from them:
+one channel per user plus one per owner in the tray. The hub keeps its
+interest table equal to `channels()` at every moment, so a socket that goes
+leaves exactly these, without a search.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from server.audience import Relation
@@ -19,6 +27,7 @@ from server.wire import Wire
 
 Close = Callable[[int, str], Awaitable[None]]
 NOBODY: frozenset[str] = frozenset()
+NOTHING_SEEN: Mapping[str, int] = MappingProxyType({})  # shared, and read-only so it stays empty
 
 
 class Connection:
@@ -26,6 +35,7 @@ class Connection:
 
     Thousands are held per process, so the instance is slotted, its relation
     sets are frozensets (the empty one shared; owner ids interned by the hub),
+    the seen map is a shared empty mapping until something is seen (`see`),
     and the view-count coalescer exists only once the user's stories are viewed.
     """
 
@@ -49,7 +59,7 @@ class Connection:
         self.following: frozenset[str] = NOBODY
         self.close_friend_of: frozenset[str] = NOBODY
         self.hidden_from: frozenset[str] = NOBODY
-        self.seen: dict[str, int] = {}
+        self.seen: Mapping[str, int] = NOTHING_SEEN  # owner → highest seq seen
         self.ready = False  # the snapshot was queued; earlier events are covered by it
         self.closing = False
         self.dirty = False  # waiting for the dispatcher's next flush
@@ -76,7 +86,23 @@ class Connection:
         """Whether `owner` can have a ring in this viewer's tray at all."""
         return owner == self.user_id or (owner in self.following and owner not in self.hidden_from)
 
-    def channels(self, keys: Keys) -> set[str]:
-        """Every channel this connection needs: its inbox, its own and followed stories."""
-        owners = {self.user_id} | (self.following - self.hidden_from)
-        return {keys.inbox_channel(self.user_id)} | {keys.stories_channel(o) for o in owners}
+    def see(self, owner: str, seq: int) -> None:
+        """Record that this user has seen `owner`'s items up to `seq`."""
+        seen = self.seen if isinstance(self.seen, dict) else {}
+        seen[owner] = seq
+        self.seen = seen
+
+    def followed_owners(self) -> frozenset[str]:
+        """Owners whose stories channel this connection is on: followed, not hiding, not self."""
+        owners = self.following - self.hidden_from
+        return owners - {self.user_id} if self.user_id in owners else owners
+
+    def tray_owners(self) -> list[str]:
+        """Every owner who can have a ring in this tray: the user, then followed owners."""
+        return [self.user_id, *self.followed_owners()]
+
+    def channels(self, keys: Keys) -> list[str]:
+        """Every channel this connection is on: its inbox, then followed owners' stories."""
+        return [keys.inbox_channel(self.user_id)] + [
+            keys.stories_channel(o) for o in self.followed_owners()
+        ]

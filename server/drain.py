@@ -65,13 +65,21 @@ TEARDOWN_S = 2.0  # after the sockets: uvicorn's own shutdown, captures, broker,
 UVICORN_GRACE_S = 1  # uvicorn's timeout_graceful_shutdown: it starts once the sockets are done
 
 
+class Clearable(Protocol):
+    """The hub's index of channels, as far as a drain needs it: dropped at once."""
+
+    def clear(self) -> None: ...
+
+
 class Drainable(Protocol):
     """What a drain needs of the hub: its flag, its sockets and the index of their channels."""
 
     draining: bool
     conns: set[Connection]
-    interest: dict[str, set[Connection]]
     signing_in: set[Close]
+
+    @property
+    def interest(self) -> Clearable: ...
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ made once per process and shared by every recipient (DESIGN.md, "serialize once"
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,7 @@ def encode(type_: str, now_ms: int, **payload: Any) -> Encoded:
     return Encoded(orjson.dumps({"type": type_, "ts": rfc3339(now_ms), **payload}))
 
 
-def pack(frames: list[Encoded]) -> Encoded:
+def pack(frames: Sequence[Encoded]) -> Encoded:
     """Frames for one connection as one frame: the frame itself, or one flat JSON array.
 
     Frames that are arrays already (packed earlier) are spliced in, not nested.

@@ -14,6 +14,15 @@ from the event, or read once when the owner is loaded), and a view of an owner
 whose ring holds shares includes the viewer's relation to each source owner, so
 the rule is applied from in-memory sets like every other audience check.
 
+Sockets come and go in storms (thousands at once after a network blip), so
+each step of a socket's life costs O(its own channels), never O(all channels):
+`sign_in` joins its inbox and reads its User and relation sets in one
+pipeline; the stories channels it needs are subscribed in the broker's next
+batch; owners not cached yet are read in one pipeline shared by every socket
+waiting for them; and the `tray.snapshot` is computed from the same caches as
+the deltas (no Redis work when they are warm). `detach` leaves exactly the
+channels `Connection.channels()` names (`interest.py`).
+
 Sending is the dispatcher's (`dispatch.py`): bounded outboxes, one flush per
 event-loop iteration, packing, and 1013 for a reader that falls behind.
 """
@@ -24,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +40,7 @@ import orjson
 import redis.exceptions
 
 from server import frames
+from server.admission import SignInGate
 from server.audience import Relation, can_see
 from server.backoff import Backoff, raise_if_cancelling
 from server.broker import Broker
@@ -39,18 +48,30 @@ from server.clock import rfc3339
 from server.connection import NOBODY, Connection
 from server.dispatch import Dispatcher
 from server.drain import retry_reason
+from server.interest import Interest
 from server.keys import item_id
 from server.owner_cache import OwnerCache, SourceViews, rings_sharing_from
 from server.reads import StoryReader
 from server.shares import Source, load_sources
 from server.store import Store
-from server.tray import ActiveItem, ring, visible_items
+from server.tray import ActiveItem, TrayState, order_tray, ring, visible_items
+from server.users import decode_user
 from server.view_counts import ViewCountPush
 
 log = logging.getLogger("stories.hub")
 View = tuple[bool, bool, bool, bool, int, SourceViews]
 OWNER_VIEW: View = (True, False, False, False, 0, ())
 MISSING: Any = object()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a load's failure as seen (its waiters report it), so asyncio does not log it."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _parse_item(pair: tuple[bytes, float]) -> ActiveItem:
+    return ActiveItem.parse(*pair)
 
 
 def _ids(members: list[bytes] | set[bytes]) -> frozenset[str]:
@@ -67,13 +88,18 @@ class Hub:
         self.reader = reader
         self.broker: Broker | None = None
         self.conns: set[Connection] = set()
-        self.interest: dict[str, set[Connection]] = defaultdict(set)
+        self.interest: Interest[Connection] = Interest(self.conns.__contains__)
         self.owners: dict[str, OwnerCache] = {}
+        # owner → the pending fill of its cache, or None once it is loaded (no object per owner)
+        self._loads: dict[str, asyncio.Future[None] | None] = {}
+        self._fills: set[asyncio.Task[None]] = set()
         self.draining = False
         self.signing_in: set[Callable[[int, str], Awaitable[None]]] = set()  # close() of sockets
         # accepted but not yet signed in (ws.py), so that a drain closes them properly too
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
+        settings = store.settings
+        self.gate = SignInGate(settings.ws_sign_in_concurrency, settings.ws_sign_in_queue)
         self.out = Dispatcher(self.conns, self._too_slow)
         self.enqueue = self.out.enqueue  # queue a frame for one connection (`Dispatcher.enqueue`)
         self.counts = ViewCountPush(self.enqueue, self.now)
@@ -86,28 +112,49 @@ class Hub:
 
     # ---- connections -------------------------------------------------------------
 
+    async def sign_in(self, conn: Connection, claims: dict[str, Any] | None) -> bool:
+        """First half of attaching: join the inbox, then load the relations (and the User).
+
+        With `claims` (a token's), one pipeline also reads the User, and a user
+        the token names but Redis does not know is created from them
+        (`UserStore.ensure`); `conn.user` is set. False when the hub is
+        draining (`conn` was closed 1012). Raises redis errors (the endpoint
+        closes 1013).
+        """
+        if self.draining:
+            await self._refuse(conn)
+            return False
+        self.conns.add(conn)
+        await self._acquire(self.interest.join(conn, [self.s.keys.inbox_channel(conn.user_id)]))
+        await self._load_relations(conn, claims)
+        return True
+
     async def attach(self, conn: Connection) -> None:
         """Subscribe first, then load state and queue the snapshot (PROTOCOL.md).
 
-        While draining, the socket is closed at once with 1012 and a wait.
+        `sign_in` first when it was not called. While draining, the socket is
+        closed at once with 1012 and a wait.
         """
         if self.draining:
-            await conn.close(frames.WS_1012_SERVICE_RESTART, self._retry_reason())
-            conn.closing = True
+            await self._refuse(conn)
             return
-        self.conns.add(conn)
-        await self._load_relations(conn)
-        for channel in conn.channels(self.s.keys):
-            await self._subscribe(conn, channel)
+        if conn.closing:  # closed (and detached) while it was signing in: never again
+            return
+        if conn not in self.conns and not await self.sign_in(conn, None):
+            return
         await self._snapshot(conn)
 
+    async def _refuse(self, conn: Connection) -> None:
+        await conn.close(frames.WS_1012_SERVICE_RESTART, self._retry_reason())
+        conn.closing = True
+
     async def detach(self, conn: Connection) -> None:
-        """Forget `conn` and release its channels; idempotent."""
+        """Forget `conn` and release its channels; idempotent. O(the socket's channels)."""
         if conn not in self.conns:
             return
         self.conns.discard(conn)
-        for channel in [c for c, members in self.interest.items() if conn in members]:
-            await self._unsubscribe(conn, channel)
+        conn.ready, conn.closing = False, True  # the fan-out skips it until its lists compact
+        self._emptied(self.interest.gone(conn, conn.channels(self.s.keys)))
         if conn.count_timer:
             conn.count_timer.cancel()
         conn.outbox.take()
@@ -116,79 +163,192 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await conn.sending
 
-    async def _load_relations(self, conn: Connection) -> None:
+    async def _load_relations(self, conn: Connection, claims: dict[str, Any] | None = None) -> None:
+        """Read `conn`'s relation sets and seen map (and, with `claims`, its User); apply them.
+
+        One call of `lua/sign_in.lua`, which also reads the user's own active
+        items when their cache is not loaded yet.
+        """
+        k, uid = self.s.keys, conn.user_id
+        own = uid not in self._loads  # the user's own items: fill their cache in the same trip
+        keys = [k.following(uid), k.close_friend_of(uid), k.hidden_from(uid), k.seen(uid),
+                k.items(uid), k.user(uid)]  # fmt: skip
+        args = [f"({self.now()}" if own else "", "1" if claims is not None else ""]
+        following, cfof, hidden, seen, items, user = await self.s.scripts.sign_in(keys, args)
+        if claims is not None:
+            found = decode_user(dict(zip(user[::2], user[1::2], strict=True)))
+            conn.user = found or await self.s.users.ensure(uid, claims)
+        if conn not in self.conns:  # detached meanwhile: it must not join anything now
+            return
+        if own and uid not in self._loads:  # (another socket of the user may have filled it)
+            raw = list(zip(items[::2], map(float, items[1::2]), strict=True))
+            sources = await self._sources_of([raw])
+            if uid not in self._loads:
+                self._filled(uid, conn.user, raw, sources)
+        if seen:
+            conn.seen = {
+                sys.intern(o.decode()): int(v) for o, v in zip(seen[::2], seen[1::2], strict=True)
+            }
+        await self._set_relations(conn, _ids(following), _ids(cfof), _ids(hidden))
+
+    async def _set_relations(
+        self, conn: Connection, following: frozenset[str], cfof: frozenset[str],
+        hidden: frozenset[str],
+    ) -> None:  # fmt: skip
+        """Give `conn` these relation sets and move it between stories channels to match.
+
+        The sets and the interest table change in one step (no await between),
+        so `conn.channels()` always names exactly the channels it is on; then
+        the channels that got their first member are subscribed (one batch).
+        """
         k = self.s.keys
-        pipe = self.s.redis.pipeline(transaction=False)
-        pipe.zrange(k.following(conn.user_id), 0, -1)
-        pipe.smembers(k.close_friend_of(conn.user_id))
-        pipe.smembers(k.hidden_from(conn.user_id))
-        pipe.hgetall(k.seen(conn.user_id))
-        following, cfof, hidden, seen = await pipe.execute()
-        conn.following = _ids(following)
-        conn.close_friend_of = _ids(cfof)
-        conn.hidden_from = _ids(hidden)
-        conn.seen = {sys.intern(o.decode()): int(v) for o, v in seen.items()}
+        before = conn.followed_owners()
+        conn.following, conn.close_friend_of, conn.hidden_from = following, cfof, hidden
+        after = conn.followed_owners()
+        if before == after:
+            return
+        left = [k.stories_channel(o) for o in before - after]
+        self._emptied(self.interest.leave(conn, left))
+        await self._acquire(
+            self.interest.join(conn, [k.stories_channel(o) for o in after - before])
+        )
 
-    async def _subscribe(self, conn: Connection, channel: str) -> None:
-        if conn not in self.conns:  # detached while a graph or resync task was pending
+    async def _acquire(self, channels: list[str]) -> None:
+        if channels:
+            assert self.broker is not None
+            await self.broker.acquire(*channels)
+
+    def _emptied(self, channels: list[str]) -> None:
+        """Channels left without members: unsubscribe them; drop caches nobody needs now."""
+        if not channels:
             return
-        members = self.interest[channel]
-        if conn in members:
-            return
-        members.add(conn)
         assert self.broker is not None
-        await self.broker.acquire(channel)
-        owner = self._stories_owner(channel)
-        if owner and owner not in self.owners and conn in members:  # not detached meanwhile
-            await self._load_owner(owner, conn.user if owner == conn.user_id else None)
+        self.broker.release(*channels)
+        k = self.s.keys
+        for channel in channels:
+            owner = self._channel_owner(channel)
+            if owner and k.stories_channel(owner) not in self.interest:
+                if k.inbox_channel(owner) not in self.interest:  # not the owner's own socket either
+                    self.owners.pop(owner, None)
+                    self._loads.pop(owner, None)
 
-    async def _unsubscribe(self, conn: Connection, channel: str) -> None:
-        members = self.interest.get(channel)
-        if not members or conn not in members:
-            return
-        members.discard(conn)
-        if not members:
-            del self.interest[channel]
-            owner = self._stories_owner(channel)
-            if owner:
-                self.owners.pop(owner, None)
-        assert self.broker is not None
-        await self.broker.release(channel)
-
-    def _stories_owner(self, channel: str) -> str | None:
+    def _channel_owner(self, channel: str) -> str | None:
+        """The user of an `ev:{user}:stories` or `ev:{user}:inbox` channel of ours."""
         prefix = self.s.keys.p + "ev:{"
-        if channel.startswith(prefix) and channel.endswith("}:stories"):
-            return channel[len(prefix) : -len("}:stories")]
+        if channel.startswith(prefix):
+            owner, sep, kind = channel[len(prefix) :].rpartition("}:")
+            if sep and kind in ("stories", "inbox"):
+                return owner
         return None
 
-    async def _load_owner(self, owner: str, user: dict[str, Any] | None = None) -> None:
-        """Fill `owner`'s cache: their User (unless given) and active items."""
-        cache = self.owners.setdefault(owner, OwnerCache(user={"id": owner}))
-        if user is None:
-            user = await self.s.users.get(owner)
-        raw = await self.s.redis.zrangebyscore(
-            self.s.keys.items(owner), f"({self.now()}", "+inf", withscores=True
-        )
+    # ---- owner caches: filled in batches ----------------------------------------------
+
+    def _unloaded(self, owners: list[str], own: dict[str, Any] | None = None) -> list[Any]:
+        """Loads still to wait for before `owners`' caches are complete; starts missing ones.
+
+        Owners never loaded (or whose load failed) are read in one pipeline,
+        whoever else waits for them: sockets signing in together share it.
+        """
+        missing = [o for o in owners if o not in self._loads]
+        if missing:
+            self._start_load(missing, own)
+        return [f for o in owners if (f := self._loads[o]) is not None and not f.done()]
+
+    def _start_load(self, owners: list[str], own: dict[str, Any] | None) -> None:
+        loop = asyncio.get_running_loop()
+        futures = {o: loop.create_future() for o in owners}
+        for owner, future in futures.items():
+            future.add_done_callback(_retrieve)
+            self._loads[owner] = future
+            self.owners.setdefault(owner, OwnerCache(user={"id": owner}))
+        task = loop.create_task(self._fill(futures, own))
+        self._fills.add(task)
+        task.add_done_callback(self._fills.discard)
+
+    async def _fill(
+        self, futures: dict[str, asyncio.Future[None]], own: dict[str, Any] | None
+    ) -> None:
+        """One pipeline: each owner's User (unless `own` is that User) and active items."""
+        k, floor = self.s.keys, f"({self.now()}"
+        owners = list(futures)
+        try:
+            pipe = self.s.redis.pipeline(transaction=False)
+            for owner in owners:
+                if not own or own["id"] != owner:
+                    pipe.hgetall(k.user(owner))
+                pipe.zrangebyscore(k.items(owner), floor, "+inf", withscores=True)
+            replies = iter(await pipe.execute())
+            reads = {}  # owner → (User, active items)
+            for owner in owners:
+                user = own if own and own["id"] == owner else decode_user(next(replies))
+                reads[owner] = (user, next(replies))
+            sources = await self._sources_of([raw for _, raw in reads.values()])
+        except Exception as exc:
+            for owner, future in futures.items():
+                if self._loads.get(owner) is future:
+                    del self._loads[owner]
+                future.set_exception(exc)
+            return
+        for owner, future in futures.items():
+            user, raw = reads[owner]
+            if self._loads.get(owner) is future:  # not dropped meanwhile
+                self._filled(owner, user, raw, sources)
+            future.set_result(None)
+
+    def _filled(
+        self, owner: str, user: dict[str, Any] | None, raw: list[Any], sources: dict[str, Source]
+    ) -> None:
+        """Merge a read of `owner`'s User and active items into its cache; mark it loaded.
+
+        Events that arrived during the read were applied first and win
+        (`setdefault`; removed seqs stay removed). An owner with nothing active
+        keeps no cache at all (most users have no story at a given moment; a
+        `story.new` makes one), only its mark in `_loads`.
+        """
+        self._loads[owner] = None
+        cache = self.owners.get(owner)
+        if cache is None:
+            if not raw:
+                return
+            cache = self.owners[owner] = OwnerCache(user={"id": owner})
         if user:
             cache.user = user
         for member, score in raw:
             item = ActiveItem.parse(member, score)
             if item.seq not in cache.removed:
                 cache.items.setdefault(item.seq, item)
-        await self._load_sources(cache)
+            source = sources.get(item.source) if item.source else None
+            if source is not None and not (cache.sources and source.id in cache.sources):
+                cache.remember(source)  # a source event that came first wins
+        if not cache.items and not cache.removed:
+            del self.owners[owner]
 
-    async def _load_sources(self, cache: OwnerCache) -> None:
-        """Read the sources of the cache's shares (events that came first win)."""
-        known = cache.sources or {}
-        wanted = {i.source for i in cache.items.values() if i.source and i.source not in known}
-        for source in (await load_sources(self.s, wanted)).values() if wanted else ():
-            if not cache.sources or source.id not in cache.sources:
-                cache.remember(source)
+    async def _sources_of(self, raws: list[list[Any]]) -> dict[str, Source]:
+        """The sources of the shares among active-item reads `raws`, in one round trip."""
+        wanted = {i.source for raw in raws for i in map(_parse_item, raw) if i.source}
+        return await load_sources(self.s, wanted) if wanted else {}
 
     async def _snapshot(self, conn: Connection) -> None:
-        entries = await self.reader.tray(conn.user_id)
+        """Queue `conn`'s tray.snapshot, computed from the owner caches once they are complete."""
+        if conn not in self.conns:  # detached meanwhile: load nothing for it
+            return
+        while pending := self._unloaded(conn.tray_owners(), conn.user):
+            for load in pending:
+                await load  # a failed load raises here (the endpoint: 1013)
+            if conn not in self.conns:
+                return
         conn.ready = True
-        self.enqueue(conn, frames.encode("tray.snapshot", self.now(), items=entries))
+        self.enqueue(conn, frames.encode("tray.snapshot", self.now(), items=self._tray(conn)))
+
+    def _tray(self, conn: Connection) -> list[dict[str, Any]]:
+        """`conn`'s tray entries in PROTOCOL.md order, from the caches (as `reader.tray` from Redis)."""
+        now, states, entries = self.now(), [], {}
+        for owner in conn.tray_owners():
+            found = self._tray_entry(owner, self._view_now(conn, owner), now)
+            if found is not None:
+                states.append(found[0])
+                entries[owner] = found[1]
+        return [entries[s.owner_id] for s in order_tray(conn.user_id, states)]
 
     def _too_slow(self, conn: Connection) -> None:
         """The dispatcher gave up on `conn` (its outbox overflowed): close 1013, detach."""
@@ -240,24 +400,14 @@ class Hub:
 
     async def _resync_once(self, conns: list[Connection]) -> list[Connection]:
         """One pass over `conns`; returns the ones that could not be resynced."""
-        self.owners.clear()
+        self.owners.clear()  # reloaded as each snapshot needs them (a story.new may come first)
+        self._loads.clear()
         failed: list[Connection] = []
-        reloaded: set[str] = set()  # a story.new may re-create a cache before its reload
         for conn in conns:
             if conn.closing or conn not in self.conns:
                 continue
             try:
-                await self._load_relations(conn)
-                wanted = conn.channels(self.s.keys)
-                for channel in [c for c, members in self.interest.items() if conn in members]:
-                    if channel not in wanted:  # e.g. an unfollow during the gap
-                        await self._unsubscribe(conn, channel)
-                for channel in wanted:
-                    await self._subscribe(conn, channel)
-                for owner in {self._stories_owner(c) for c in wanted} - {None} - reloaded:
-                    if self.interest.get(self.s.keys.stories_channel(str(owner))):  # not detached
-                        reloaded.add(str(owner))
-                        await self._load_owner(str(owner))
+                await self._load_relations(conn)  # e.g. an unfollow during the gap: leaves
                 await self._snapshot(conn)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 log.warning("resync of %s failed (%s); will retry", conn.id, exc)
@@ -293,6 +443,29 @@ class Hub:
         oc = self.owners.get(owner)
         return self._view(conn, owner, oc.source_owners() if oc else ())
 
+    def _tray_entry(
+        self, owner: str, view: View, now: int
+    ) -> tuple[TrayState, dict[str, Any]] | None:
+        """`owner`'s ring as seen from `view`, with its TrayEntry JSON; None when there is none.
+
+        A share counts only where its source is visible too (`OwnerCache.shown`).
+        """
+        is_owner, follows, close_friend, hidden, seen, views = view
+        oc = self.owners.get(owner)
+        relation = Relation(is_owner, follows, close_friend, hidden)
+        in_tray = is_owner or (follows and not hidden)
+        items = visible_items(oc.items.values(), relation, now) if oc and in_tray else []
+        if oc and items:
+            items = [i for i in items if oc.shown(i, views, now)]
+        state = ring(owner, items, seen, own=is_owner)
+        if state is None:
+            return None
+        first = item_id(owner, state.first_unseen_seq) if state.first_unseen_seq else None
+        entry = {"owner": oc.user if oc else {"id": owner}, "has_unseen": state.has_unseen,
+                 "item_count": state.item_count, "latest_at": rfc3339(state.latest_ms),
+                 "first_unseen_id": first}  # fmt: skip
+        return state, entry
+
     def _entry_frame(
         self, owner: str, view: View, cache: dict[View, frames.Encoded]
     ) -> frames.Encoded:
@@ -300,23 +473,11 @@ class Hub:
         frame = cache.get(view)
         if frame is not None:
             return frame
-        is_owner, follows, close_friend, hidden, seen, views = view
-        oc = self.owners.get(owner)
-        relation = Relation(is_owner, follows, close_friend, hidden)
-        in_tray = is_owner or (follows and not hidden)
-        now = self.now()
-        items = visible_items(oc.items.values(), relation, now) if oc and in_tray else []
-        if oc and items:
-            items = [i for i in items if oc.shown(i, views, now)]
-        state = ring(owner, items, seen, own=is_owner)
-        if state is None:
-            frame = frames.encode("tray.remove", now, owner_id=owner)
+        found = self._tray_entry(owner, view, self.now())
+        if found is None:
+            frame = frames.encode("tray.remove", self.now(), owner_id=owner)
         else:
-            first = item_id(owner, state.first_unseen_seq) if state.first_unseen_seq else None
-            entry = {"owner": oc.user if oc else {"id": owner}, "has_unseen": state.has_unseen,
-                     "item_count": state.item_count, "latest_at": rfc3339(state.latest_ms),
-                     "first_unseen_id": first}  # fmt: skip
-            frame = frames.encode("tray.update", now, entry=entry)
+            frame = frames.encode("tray.update", self.now(), entry=found[1])
         cache[view] = frame
         return frame
 
@@ -457,7 +618,7 @@ class Hub:
         cache: dict[View, frames.Encoded] = {}
         for conn in conns:
             if seq > conn.seen.get(owner, 0):
-                conn.seen[owner] = seq
+                conn.see(owner, seq)
                 if conn.in_tray(owner):
                     self.enqueue(conn, self._entry_frame(owner, self._view_now(conn, owner), cache))
 
@@ -467,20 +628,20 @@ class Hub:
 
     async def _apply_graph(self, conn: Connection, event: dict[str, Any]) -> None:
         kind, other, on = event["kind"], sys.intern(event["other_id"]), event["on"]
-        attr = {
-            "following": "following",
-            "close_friend": "close_friend_of",
-            "hidden": "hidden_from",
-        }
-        if kind not in attr:
+        if kind not in ("following", "close_friend", "hidden") or conn not in self.conns:
             return
-        current: frozenset[str] = getattr(conn, attr[kind])
-        setattr(conn, attr[kind], current | {other} if on else current - {other})
-        channel = self.s.keys.stories_channel(other)
-        if channel in conn.channels(self.s.keys):
-            await self._subscribe(conn, channel)
-        else:
-            await self._unsubscribe(conn, channel)
+        sets = {"following": conn.following, "close_friend": conn.close_friend_of,
+                "hidden": conn.hidden_from}  # fmt: skip
+        sets[kind] = sets[kind] | {other} if on else sets[kind] - {other}
+        try:
+            await self._set_relations(conn, sets["following"], sets["close_friend"], sets["hidden"])
+            if conn.in_tray(other):
+                while pending := self._unloaded([other]):
+                    for load in pending:
+                        await load
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("graph change for %s not applied (%s)", conn.id, exc)
+            return
         self.enqueue(conn, self._entry_frame(other, self._view_now(conn, other), {}))
         for owner in rings_sharing_from(self.owners, conn, other):  # their shares' rule moved
             self.enqueue(conn, self._entry_frame(owner, self._view_now(conn, owner), {}))

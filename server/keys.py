@@ -107,11 +107,17 @@ class Keys:
 
     # channels
     def stories_channel(self, owner: str) -> str:
-        """Lifecycle of an owner's items (story.new, story.removed, audience changes)."""
+        """Lifecycle of an owner's items (story.new, story.removed, audience changes).
+
+        For followers' processes only: every event published here goes to the
+        owner's `inbox_channel` too (the same Lua call), which is where the
+        owner's own devices get it; so a socket needs one channel of its own.
+        """
         return f"{self.p}ev:{{{owner}}}:stories"
 
     def inbox_channel(self, uid: str) -> str:
-        """Personal events: seen-by, view counts, seen sync, replies, capture results, graph."""
+        """Personal events: seen-by, view counts, seen sync, replies, capture results, graph;
+        and the lifecycle of the user's own items (as on their `stories_channel`)."""
         return f"{self.p}ev:{{{uid}}}:inbox"
 
     def canary_channel(self, node_id: str) -> str:

@@ -5,7 +5,11 @@ Both are plain data structures with an injected clock, tested without sockets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from server.frames import Encoded
+
+NOTHING: tuple[Encoded, ...] = ()  # the queue of every idle outbox (no list each)
 
 
 class Outbox:
@@ -21,7 +25,7 @@ class Outbox:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0  # bytes queued
-        self._frames: list[Encoded] = []
+        self._frames: list[Encoded] | tuple[Encoded, ...] = NOTHING  # a list from the first push
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -30,12 +34,16 @@ class Outbox:
         size = self.size + frame.size
         if size > self.max_bytes:
             return False
-        self._frames.append(frame)
+        if isinstance(self._frames, list):
+            self._frames.append(frame)
+        else:  # most sockets are idle: no list each until one is needed
+            self._frames = [frame]
         self.size = size
         return True
 
-    def take(self) -> list[Encoded]:
-        frames, self._frames = self._frames, []
+    def take(self) -> Sequence[Encoded]:
+        """Everything queued, oldest first."""
+        frames, self._frames = self._frames, NOTHING
         self.size = 0
         return frames
 

@@ -15,7 +15,7 @@ LUA_DIR = Path(__file__).parent / "lua"
 
 
 class Scripts:
-    """`post_item`, `end_item`, `set_audience`, `seen_max`, `tray_scan` bound to one client."""
+    """`post_item`, `end_item`, `set_audience`, `seen_max`, `tray_scan`, `sign_in`, bound to one client."""
 
     def __init__(self, redis: Redis) -> None:
         self.post_item = self._load(redis, "post_item")
@@ -23,6 +23,7 @@ class Scripts:
         self.set_audience = self._load(redis, "set_audience")
         self.seen_max = self._load(redis, "seen_max")
         self.tray_scan = self._load(redis, "tray_scan")
+        self.sign_in = self._load(redis, "sign_in")
 
     @staticmethod
     def _load(redis: Redis, name: str) -> AsyncScript:

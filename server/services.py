@@ -39,15 +39,17 @@ from server.users import UserStore
 log = logging.getLogger("stories")
 
 
-def redis_client(url: str) -> aioredis.Redis:
+def redis_client(url: str, max_connections: int = 100) -> aioredis.Redis:
     """An asyncio client with short timeouts, so an outage turns into 503s quickly.
 
     The pool is a blocking one: past `max_connections` a command waits (up to
-    5 s) for a free connection instead of failing, so a connect storm queues.
+    5 s) for a free connection instead of failing. Sockets signing in never
+    get that far: the hub's sign-in gate (`admission.py`) admits fewer at once
+    than the pool holds (`ws_sign_in_concurrency`) and tells the rest to retry.
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        max_connections=100,
+        max_connections=max_connections,
         timeout=5,
         socket_timeout=5,
         socket_connect_timeout=2,
@@ -91,7 +93,7 @@ class Services:
         """Connect to Redis (settings.redis_url must be set) and build every part."""
         if not settings.redis_url:
             raise RuntimeError("redis_url is not set; the CLI starts the embedded Redis")
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings.redis_url, settings.redis_max_connections)
         keys = Keys(settings.redis_prefix)
         data = settings.data_path.resolve()
         media_secret = (settings.media_secret or "").encode() or load_or_create_secret(

@@ -33,6 +33,7 @@ class Settings:
     redis_url: str | None = None  # None: start an embedded redis-server under data_dir
     redis_prefix: str = "st1:"  # prefix of every Redis key and channel
     redis_retry_after_s: int = 2  # Retry-After sent with 503 while Redis is down
+    redis_max_connections: int = 100  # client pool per process; past it a command waits up to 5 s
     # --- auth ---
     dev_login: bool = False  # enable POST /api/v1/auth/dev-login (never in production)
     demo: bool = False  # seed demo users and stories; implies dev_login
@@ -94,6 +95,8 @@ class Settings:
     ws_drain_timeout_s: float = 10.0  # SIGTERM: until every socket is closed (1012); exit by +2 s
     ws_reconnect_base_ms: int = 1000  # told to clients on 1012; they wait base + jitter
     ws_reconnect_spread_ms: int = 5000  # width of the jitter window, milliseconds
+    ws_sign_in_concurrency: int = 32  # sockets signing in at once; < redis_max_connections
+    ws_sign_in_queue: int = 2000  # sockets waiting to sign in; beyond: 1013 + retry_after_ms
 
     @property
     def data_path(self) -> Path:
@@ -118,7 +121,8 @@ POSITIVE = (
     "sweep_interval_s", "max_upload_bytes", "max_video_ms", "max_pixels", "max_long_side_px",
     "media_workers", "media_memory_budget_bytes", "capture_max_concurrent", "ws_send_queue_bytes", "ws_max_frame_bytes",
     "ws_ping_interval_s", "ws_idle_timeout_s", "ws_auth_timeout_s", "ws_ops_per_second",
-    "ws_drain_timeout_s", "dev_token_ttl_s", "workers",
+    "ws_drain_timeout_s", "dev_token_ttl_s", "workers", "ws_sign_in_concurrency",
+    "redis_max_connections",
 )  # fmt: skip
 
 
@@ -193,6 +197,10 @@ def validate(settings: Settings) -> None:
     for name in POSITIVE:
         if getattr(settings, name) <= 0:
             raise ValueError(f"{name} must be positive")
+    if settings.ws_sign_in_concurrency >= settings.redis_max_connections:
+        raise ValueError("ws_sign_in_concurrency must be below redis_max_connections")
+    if settings.ws_sign_in_queue < 0:
+        raise ValueError("ws_sign_in_queue must be 0 or more")
     if settings.ws_idle_timeout_s <= settings.ws_ping_interval_s:
         raise ValueError("ws_idle_timeout_s must be longer than ws_ping_interval_s")
     if settings.lifetime_seconds is not None and settings.lifetime_seconds <= 0:

@@ -110,6 +110,7 @@ class StoryWriter:
                 self._archive_until(rec.expires_ms),
                 k.stories_channel(rec.owner),
                 events.encode(event),
+                k.inbox_channel(rec.owner),
                 *fields,
             ],
             client=pipe,
@@ -180,7 +181,7 @@ class StoryWriter:
             keys=[k.item(rec.owner, rec.seq), k.items(rec.owner), k.archive(rec.owner),
                   k.shares(rec.owner, rec.seq)],
             args=[reason, now_ms, self._archive_until(now_ms), k.stories_channel(rec.owner),
-                  events.encode(event)],
+                  events.encode(event), k.inbox_channel(rec.owner)],
         )  # fmt: skip
         pipe = self.s.redis.pipeline(transaction=False)
         pipe.zrem(k.expiry_schedule(), rec.id)
@@ -203,13 +204,16 @@ class StoryWriter:
         return ItemRecord.from_hash(raw)
 
     async def _tell_shares(self, share_ids: list[str], source: Source, old_audience: str) -> None:
-        """Publish story.source_audience on each share's owner's channel."""
+        """Publish story.source_audience on each share's owner's channels (followers' and own)."""
         pipe = self.s.redis.pipeline(transaction=False)
         for share_id in share_ids:
             parsed = split_item_id(share_id)
             if parsed:
-                event = events.story_source_audience(*parsed, source.as_json(), old_audience)
-                pipe.publish(self.s.keys.stories_channel(parsed[0]), events.encode(event))
+                event = events.encode(
+                    events.story_source_audience(*parsed, source.as_json(), old_audience)
+                )
+                pipe.publish(self.s.keys.stories_channel(parsed[0]), event)
+                pipe.publish(self.s.keys.inbox_channel(parsed[0]), event)
         await pipe.execute()
 
     async def delete(self, caller: str, rec: ItemRecord) -> None:
@@ -227,7 +231,13 @@ class StoryWriter:
         event = events.story_audience(rec.owner, rec.seq, rec.audience, audience)
         old = await self.s.scripts.set_audience(
             keys=[k.item(rec.owner, rec.seq), k.items(rec.owner)],
-            args=[audience, new.member, k.stories_channel(rec.owner), events.encode(event)],
+            args=[
+                audience,
+                new.member,
+                k.stories_channel(rec.owner),
+                events.encode(event),
+                k.inbox_channel(rec.owner),
+            ],
         )
         if old is None:
             raise NotFound(f"no story item {item_id(rec.owner, rec.seq)}")

@@ -39,6 +39,11 @@ def check_display_name(raw: Any) -> str:
     return raw.strip()
 
 
+def decode_user(raw: dict[bytes, bytes]) -> User | None:
+    """A User from the `HGETALL` of its hash (for callers that pipeline it); None when empty."""
+    return _decode(raw)
+
+
 def _decode(raw: dict[bytes, bytes]) -> User | None:
     if not raw:
         return None

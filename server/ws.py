@@ -7,6 +7,9 @@ until the socket closes. Malformed frames and floods close with 1008; frames
 over `ws_max_frame_bytes` close with 1009 (uvicorn enforces `ws_max_size`).
 While the process drains (SIGTERM) a handshake is refused before accept: HTTP
 503 with Retry-After (`drain.refuse`).
+Signing in passes the hub's sign-in gate (`admission.py`): when too many
+sockets sign in at once the socket closes 1013 with `{"retry_after_ms"}`, as
+it does when Redis is unreachable.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import redis.exceptions
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import drain, frames
+from server.admission import Busy, retry_reason
 from server.auth import Principal
 from server.connection import Connection
 from server.errors import StoriesError, Unauthorized
@@ -75,82 +79,112 @@ async def _authenticate(ws: WebSocket, svc: Services) -> Principal:
     return svc.auth.verify(token)
 
 
-async def _sign_in(ws: WebSocket, svc: Services) -> dict[str, Any]:
-    """The caller's User; the token and its claims go once it is known (not kept per socket)."""
-    principal = await _authenticate(ws, svc)
-    return await svc.store.users.ensure(principal.user_id, principal.claims)
+class _Socket(WebSocket):
+    """Starlette's WebSocket with a close that never raises (the socket may be gone).
 
+    A bound method of it is the `Connection.close` the hub calls: one small
+    object per socket where a `functools.partial` costs three.
+    """
 
-async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
-    with contextlib.suppress(Exception):
-        await ws.close(code, reason[:120])
+    async def close_quietly(self, code: int, reason: str = "") -> None:
+        with contextlib.suppress(Exception):
+            await self.close(code, reason[:120])
 
 
 def serve(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
     """The ASGI entry of `/ws` (see `app.StoriesApp`): `send` is the server's own."""
-    ws = WebSocket(scope, receive, send)
-    return ws_endpoint(ws, wire_for(ws, send))
+    ws = _Socket(scope, receive, send)
+    return ws_endpoint(ws, wire_for(ws, send), receive)
 
 
-async def ws_endpoint(ws: WebSocket, wire: Wire) -> None:
-    """One socket's life: accept, sign in, hello, attach to the hub, read ops, detach."""
+async def ws_endpoint(ws: _Socket, wire: Wire, receive: Receive) -> None:
+    """One socket's life: accept, sign in, hello, attach to the hub, read ops, detach.
+
+    An idle socket keeps this coroutine's frame for hours, so the read loop is
+    here (not one frame deeper) and reads the server's `receive` directly
+    (Starlette's `WebSocket.receive` would be another frame per socket).
+    """
     svc: Services = ws.app.state.services
     hub = svc.hub
     if hub.draining:  # before accept and any sign-in work: HTTP 503 with Retry-After
         await drain.refuse(ws, svc.settings)
         return
     await ws.accept()
-
-    async def close(code: int, reason: str) -> None:
-        await _close(ws, code, reason)
-
+    close = ws.close_quietly
     hub.signing_in.add(close)  # a drain closes it too (1012 with a wait), not only uvicorn
     try:
-        user = await _sign_in(ws, svc)
+        principal = await _authenticate(ws, svc)
     except (StoriesError, WebSocketDisconnect) as exc:
-        await _close(ws, frames.WS_4001_UNAUTHORIZED, getattr(exc, "detail", "unauthorized"))
-        return
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-        await _close(ws, frames.WS_1013_TRY_AGAIN_LATER, "storage unavailable; retry shortly")
-        return
-    finally:
         hub.signing_in.discard(close)
-    conn = Connection(user, wire, close, svc.settings.ws_send_queue_bytes)
-    hub.enqueue(conn, frames.encode("hello", svc.store.clock.now_ms(), user=user, session_id=conn.id,
-                                    server_time=frames.rfc3339(svc.store.clock.now_ms())))  # fmt: skip
+        await ws.close_quietly(frames.WS_4001_UNAUTHORIZED, getattr(exc, "detail", "unauthorized"))
+        return
+    conn = Connection({"id": principal.user_id}, wire, close, svc.settings.ws_send_queue_bytes)
     try:
-        await hub.attach(conn)
-        await _read_ops(ws, svc, conn)
+        signed_in = await _sign_in(ws, svc, conn, principal.claims)
+        del principal  # the token's claims are not kept per socket
+        if signed_in:
+            gate: RateGate | None = None  # made at the first frame: idle sockets never need one
+            while not conn.closing:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                gate = gate or RateGate(svc.settings.ws_ops_per_second)
+                if not await _on_frame(ws, svc, conn, gate, message):
+                    break
     except WebSocketDisconnect:
         pass
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-        await _close(ws, frames.WS_1013_TRY_AGAIN_LATER, "storage unavailable; retry shortly")
+        reason = retry_reason(svc.settings, "storage unavailable")
+        await ws.close_quietly(frames.WS_1013_TRY_AGAIN_LATER, reason)
     finally:
+        hub.signing_in.discard(close)
         await hub.detach(conn)
 
 
-async def _read_ops(ws: WebSocket, svc: Services, conn: Connection) -> None:
-    gate = RateGate(svc.settings.ws_ops_per_second)
-    while not conn.closing:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        text = message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace")
-        if len(text) > svc.settings.ws_max_frame_bytes:
-            await _close(ws, frames.WS_1009_MESSAGE_TOO_BIG, "frame too big")
-            return
-        if not gate.allow():
-            await _close(ws, frames.WS_1008_POLICY_VIOLATION, "too many frames")
-            return
-        try:
-            op = frames.parse_op(text)
-        except frames.ProtocolError as exc:
-            await _close(ws, frames.WS_1008_POLICY_VIOLATION, str(exc))
-            return
-        if op.name == "auth":  # only ever the first frame
-            await _close(ws, frames.WS_1008_POLICY_VIOLATION, "already signed in")
-            return
-        await _handle(svc, conn, op)
+async def _sign_in(ws: _Socket, svc: Services, conn: Connection, claims: dict[str, Any]) -> bool:
+    """Through the sign-in gate: the hub's sign-in, `hello`, then the snapshot (`Hub.attach`).
+
+    False when the socket is closed instead: 1013 with `{"retry_after_ms"}` when
+    too many sockets are signing in (`admission.py`), 1012 when draining.
+    Redis errors propagate (the endpoint closes 1013 with a wait too).
+    """
+    hub = svc.hub
+    try:
+        async with hub.gate.admit():
+            hub.signing_in.discard(conn.close)  # from now on the drain finds it in hub.conns
+            if not await hub.sign_in(conn, claims):
+                return False
+            now = svc.store.clock.now_ms()
+            hub.enqueue(conn, frames.encode("hello", now, user=conn.user, session_id=conn.id,
+                                            server_time=frames.rfc3339(now)))  # fmt: skip
+            await hub.attach(conn)
+    except Busy as exc:
+        await ws.close_quietly(frames.WS_1013_TRY_AGAIN_LATER, retry_reason(svc.settings, str(exc)))
+        return False
+    return not conn.closing
+
+
+async def _on_frame(
+    ws: _Socket, svc: Services, conn: Connection, gate: RateGate, message: Message
+) -> bool:
+    """Check and run one client frame; False when it closed the socket."""
+    text = message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace")
+    if len(text) > svc.settings.ws_max_frame_bytes:
+        await ws.close_quietly(frames.WS_1009_MESSAGE_TOO_BIG, "frame too big")
+        return False
+    if not gate.allow():
+        await ws.close_quietly(frames.WS_1008_POLICY_VIOLATION, "too many frames")
+        return False
+    try:
+        op = frames.parse_op(text)
+    except frames.ProtocolError as exc:
+        await ws.close_quietly(frames.WS_1008_POLICY_VIOLATION, str(exc))
+        return False
+    if op.name == "auth":  # only ever the first frame
+        await ws.close_quietly(frames.WS_1008_POLICY_VIOLATION, "already signed in")
+        return False
+    await _handle(svc, conn, op)
+    return True
 
 
 async def _handle(svc: Services, conn: Connection, op: frames.Op) -> None:

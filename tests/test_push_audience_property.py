@@ -196,6 +196,12 @@ class Recorder:
     async def close(self, code: int, reason: str) -> None:
         self.closes.append(code)
 
+    def gone(self) -> bool:  # the rest of the `Wire`: a recorder has no connection to end
+        return True
+
+    def end(self) -> None:
+        return None
+
     def real(self, step: int | None = None) -> list[dict[str, Any]]:
         """Received events except the test's markers, optionally of one step."""
         return [e for s, e in self.events if "marker" not in e and (step is None or s == step)]
