@@ -52,8 +52,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import harness as h  # noqa: E402
-from server.recorder import VIDEO_QUEUE_MAX  # noqa: E402
-from server.settings import Settings  # noqa: E402
+from server.core.settings import Settings  # noqa: E402
+from server.live.recorder import VIDEO_QUEUE_MAX  # noqa: E402
 
 NAME = "capture"
 P480, P720 = (480, 854), (720, 1280)  # (width, height) sent by the clients
@@ -127,7 +127,7 @@ class StopClock:
     waiting for frames in flight, draining the lanes (backlog), finishing the file."""
 
     def __init__(self) -> None:
-        from server.recorder import StoryRecorder
+        from server.live.recorder import StoryRecorder
 
         self.marks: dict[int, dict[str, float]] = {}
         clock = self
@@ -176,8 +176,8 @@ class RecorderSide:
     """The system under test: `CaptureManager` with its `StoryRecorder`s."""
 
     def __init__(self, workdir: Path, probe: Probe) -> None:
-        from server.captures import CaptureConfig, CaptureManager
-        from server.recorder import StoryRecorder
+        from server.live.captures import CaptureConfig, CaptureManager
+        from server.live.recorder import StoryRecorder
 
         self.probe = probe
         self.clock = StopClock()
@@ -272,7 +272,7 @@ class BlackholeSide:
         return str(pc.localDescription.sdp)
 
     async def stop(self, user: str) -> dict[str, Any]:
-        from server.captures import close_peer_connection
+        from server.live.captures import close_peer_connection
 
         pc, hole, counts = self.peers.pop(user)
         t0 = time.perf_counter()
@@ -292,7 +292,7 @@ def live_objects() -> dict[str, int]:
     """Server objects still alive (after gc) and the thread count of the process."""
     from aiortc import RTCPeerConnection
 
-    from server.recorder import StoryRecorder
+    from server.live.recorder import StoryRecorder
 
     alive = Counter(
         type(o).__name__

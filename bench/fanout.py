@@ -374,7 +374,7 @@ class Poster:
     """Publishes posts through the server's own `StoryWriter._publish_new` (Lua: HSET, ZADD, PUBLISH)."""
 
     def __init__(self, store: Any) -> None:
-        from server.stories import StoryWriter
+        from server.stories.writer import StoryWriter
 
         self.store = store
         self.writer = StoryWriter(store)
@@ -382,7 +382,7 @@ class Poster:
 
     async def post(self, owner: dict[str, Any], phase: int, idx: int) -> str:
         """Publish one item of `owner` whose caption carries `phase`, `idx` and the time; its id."""
-        from server.items import ItemRecord
+        from server.core.items import ItemRecord
 
         seq = await self.writer._next_seq(owner["id"])
         now = self.store.clock.now_ms()
@@ -626,8 +626,8 @@ def profile_summary(path: Path) -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from server.auth import Authenticator
-    from server.settings import Settings
+    from server.core.auth import Authenticator
+    from server.core.settings import Settings
 
     started = time.perf_counter()
     nofile = raise_nofile()

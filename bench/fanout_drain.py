@@ -362,7 +362,7 @@ async def run_one(kind: str, args: Any, tokens: list[str], tmp: Path) -> dict[st
     """One drain: a fresh server and `args.drain_sockets` clients of `kind`; its figures."""
     import psutil
 
-    from server.drain import TEARDOWN_S
+    from server.push.drain import TEARDOWN_S
 
     timeout_s = args.drain_timeout_s
     env = {"STORIES_JWT_SECRET": JWT_SECRET, "STORIES_MEDIA_SECRET": MEDIA_SECRET,
@@ -438,8 +438,8 @@ async def run_one(kind: str, args: Any, tokens: list[str], tmp: Path) -> dict[st
 
 
 async def main_async(args: Any) -> dict[str, Any]:
-    from server.auth import Authenticator
-    from server.settings import Settings
+    from server.core.auth import Authenticator
+    from server.core.settings import Settings
 
     started = time.perf_counter()
     nofile = raise_nofile()

@@ -143,7 +143,7 @@ def redis_for_bench(tmp: Path) -> Iterator[tuple[str, str]]:
         finally:
             delete_prefix(external, prefix)
         return
-    from server.embedded_redis import EmbeddedRedis
+    from server.store.embedded_redis import EmbeddedRedis
 
     embedded = EmbeddedRedis(tmp / "redis-data")
     url = embedded.start()
@@ -419,16 +419,16 @@ def in_process_store(
     `pure_python_parser` makes redis-py parse replies in Python even when hiredis is
     installed, to show what hiredis is worth.
     """
-    from server.clock import SystemClock
-    from server.graph import Graph
-    from server.keys import Keys
-    from server.scripts import Scripts
+    from server.core.clock import SystemClock
+    from server.core.keys import Keys
+    from server.core.settings import Settings
+    from server.core.signing import MediaSigner
     from server.services import redis_client
-    from server.settings import Settings
-    from server.signing import MediaSigner
-    from server.storage import LocalStorage
-    from server.store import Store
-    from server.users import UserStore
+    from server.store.graph import Graph
+    from server.store.scripts import Scripts
+    from server.store.storage import LocalStorage
+    from server.store.store import Store
+    from server.store.users import UserStore
 
     client = redis_client(redis_url)
     if pure_python_parser:

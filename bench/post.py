@@ -52,7 +52,7 @@ CASES = (
 
 def media_once(src: Path, tmp: Path, into: list[float]) -> Any:
     """One timed `process_media` call on `src` with the server's default limits."""
-    from server.media import MediaLimits, process_media
+    from server.media.pipeline import MediaLimits, process_media
 
     work = Path(tempfile.mkdtemp(dir=tmp))
     t0 = time.perf_counter()
@@ -100,10 +100,10 @@ def fresh_copy(media: Any, tmp: Path) -> Any:
 
 async def redis_in_process(url: str, prefix: str, tmp: Path, media: Any) -> dict[str, Any]:
     """Time and round trips of `StoryWriter.create` and of the post handler's Redis path."""
-    from server.limits import rate_limit
-    from server.reads import StoryReader
-    from server.rollout import Rollout
-    from server.stories import StoryWriter
+    from server.store.limits import rate_limit
+    from server.store.rollout import Rollout
+    from server.stories.reader import StoryReader
+    from server.stories.writer import StoryWriter
 
     store = h.in_process_store(url, prefix, tmp / "in-process-data")
     writer, reader = StoryWriter(store), StoryReader(store)

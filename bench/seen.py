@@ -222,8 +222,8 @@ async def round_trips(store: Any, n: int, item: str) -> dict[str, Any]:
     Viewers of an extra owner (`n`) mark its item seen through the server's own
     `SeenBook` on a client whose sends are counted (harness.count_redis).
     """
-    from server.reads import StoryReader
-    from server.seen import SeenBook
+    from server.stories.reader import StoryReader
+    from server.stories.seen import SeenBook
 
     book = SeenBook(store, StoryReader(store))
     tallies = []
@@ -241,8 +241,8 @@ async def round_trips(store: Any, n: int, item: str) -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from server.auth import Authenticator
-    from server.settings import Settings
+    from server.core.auth import Authenticator
+    from server.core.settings import Settings
 
     started = time.perf_counter()
     raise_nofile()

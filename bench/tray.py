@@ -64,8 +64,8 @@ def is_close_friend(i: int) -> bool:
 
 async def seed(store: Any, rng: random.Random) -> dict[int, int]:
     """Users, graph, items and seen state; returns the expected ring count per viewer."""
-    from server.items import ItemRecord
-    from server.tray import ActiveItem
+    from server.core.items import ItemRecord
+    from server.core.tray import ActiveItem
 
     k, r, now = store.keys, store.redis, store.clock.now_ms()
     retention_ms = store.settings.archive_retention_s * 1000
@@ -154,7 +154,7 @@ async def seed(store: Any, rng: random.Random) -> dict[int, int]:
 
 async def time_trays(stores: dict[str, Any], viewer: str) -> dict[str, dict[str, float]]:
     """In-process `StoryReader.tray` latency per store, calls alternating between the stores."""
-    from server.reads import StoryReader
+    from server.stories.reader import StoryReader
 
     readers = {name: StoryReader(store) for name, store in stores.items()}
     times: dict[str, list[float]] = {name: [] for name in stores}
@@ -176,7 +176,7 @@ async def in_process(
     `pure`, when given, is the same store with redis-py's pure-Python reply parser
     forced (hiredis is installed): its tray calls alternate with the normal ones.
     """
-    from server.reads import StoryReader
+    from server.stories.reader import StoryReader
 
     reader = StoryReader(store)
     out: dict[str, dict[str, Any]] = {}

@@ -136,7 +136,7 @@ async def _block(server: h.ServerProcess, clients: list[Any], auth: dict[str, st
 
 
 async def measure(server: h.ServerProcess, files: dict[str, Path]) -> dict[str, Any]:
-    from server.media import MediaLimits, estimate_bytes
+    from server.media.pipeline import MediaLimits, estimate_bytes
 
     async with h.http_clients(server.base_url, max(CONCURRENCY)) as clients:
         token, _ = await h.dev_login(clients[0], "bench_memory")
@@ -223,7 +223,7 @@ async def main_async() -> dict[str, Any]:
         work.mkdir(parents=True)
         files = {case.key: case.make(work) for case in (BASELINE, *CASES)}
         server.start()
-        from server.settings import Settings
+        from server.core.settings import Settings
 
         http = await measure(server, files)
     m["loadavg_at_end"] = h.loadavg()

@@ -24,21 +24,18 @@ from starlette.routing import Mount, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from server import (
-    drain,
-    http_admin,
-    http_captures,
-    http_media,
-    http_stories,
-    http_users,
-    redact,
-    ws,
-)
-from server.clock import Clock
-from server.errors import ServiceUnavailable, StoriesError
-from server.responses import problem_response
+from server.api import admin as http_admin
+from server.api import captures as http_captures
+from server.api import media as http_media
+from server.api import redact, ws
+from server.api import stories as http_stories
+from server.api import users as http_users
+from server.api.responses import problem_response
+from server.core.clock import Clock
+from server.core.errors import ServiceUnavailable, StoriesError
+from server.core.settings import Settings
+from server.push import drain
 from server.services import Services
-from server.settings import Settings
 
 log = logging.getLogger("stories")
 DEMO_DIR = Path(__file__).resolve().parent.parent / "client_demo"
@@ -144,7 +141,7 @@ def app_from_env() -> Starlette:
     """uvicorn factory for worker processes: settings come resolved from the CLI."""
     raw = os.environ.get("STORIES_RESOLVED_SETTINGS")
     if not raw:
-        from server.settings import load_settings
+        from server.core.settings import load_settings
 
         return create_app(load_settings())
     return create_app(Settings.from_json(raw))

@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from server.embedded_redis import DataDirInUse, EmbeddedRedis, EmbeddedRedisError
-from server.settings import Settings, load_settings
+from server.core.settings import Settings, load_settings
+from server.store.embedded_redis import DataDirInUse, EmbeddedRedis, EmbeddedRedisError
 
 EXIT_CONFIG = 2
 EXIT_REDIS = 3
@@ -139,7 +139,7 @@ def serve(settings: Settings) -> int:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
-    from server.drain import UVICORN_GRACE_S
+    from server.push.drain import UVICORN_GRACE_S
 
     with redis_for(settings) as url:
         settings.redis_url = url
@@ -164,8 +164,8 @@ def _serve(settings: Settings) -> None:
 async def _rollout(settings: Settings, args: argparse.Namespace, url: str) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
-    from server.keys import Keys
-    from server.rollout import Gate, Rollout
+    from server.core.keys import Keys
+    from server.store.rollout import Gate, Rollout
 
     client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return serve(settings)
         if args.command == "token":
-            from server.auth import Authenticator
-            from server.parse import is_user_id
+            from server.core.auth import Authenticator
+            from server.core.parse import is_user_id
 
             if not is_user_id(args.user_id):
                 print("stories: a user id is 1-64 of [A-Za-z0-9_-]", file=sys.stderr)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_REDIS
     except Exception as exc:
-        from server.errors import StoriesError
+        from server.core.errors import StoriesError
 
         if isinstance(exc, StoriesError):
             print(f"stories: {exc.detail}", file=sys.stderr)

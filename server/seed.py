@@ -12,9 +12,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from server.media import MediaLimits
+from server.api.forms import workdir
+from server.media.pipeline import MediaLimits
 from server.services import Services
-from server.uploads import workdir
 
 log = logging.getLogger("stories.seed")
 MEDIA_DIR = Path(__file__).resolve().parent.parent / "tests" / "media"

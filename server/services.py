@@ -11,30 +11,30 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from server.auth import Authenticator, load_or_create_secret
-from server.broker import Broker
-from server.captures import CaptureConfig, CaptureManager
-from server.clock import Clock, SystemClock
-from server.drain import Drain
-from server.gcpolicy import freeze_on_growth
-from server.graph import Graph
-from server.http_captures import publish_capture, report_failure
-from server.hub import Hub
-from server.keys import Keys
-from server.limits import Idempotency
-from server.reads import StoryReader
-from server.rollout import Rollout
-from server.scratch import process_dir, sweep_data_dir
-from server.scripts import Scripts
-from server.seen import SeenBook
-from server.settings import Settings
-from server.signing import MediaSigner
-from server.storage import LocalStorage
-from server.store import Store
-from server.stories import StoryWriter
-from server.sweeper import Sweeper
-from server.uploads import MediaPool
-from server.users import UserStore
+from server.api.captures import publish_capture, report_failure
+from server.core.auth import Authenticator, load_or_create_secret
+from server.core.clock import Clock, SystemClock
+from server.core.keys import Keys
+from server.core.settings import Settings
+from server.core.signing import MediaSigner
+from server.live.captures import CaptureConfig, CaptureManager
+from server.media.pool import MediaPool
+from server.push.broker import Broker
+from server.push.drain import Drain
+from server.push.gcpolicy import freeze_on_growth
+from server.push.hub import Hub
+from server.store.graph import Graph
+from server.store.limits import Idempotency
+from server.store.rollout import Rollout
+from server.store.scratch import process_dir, sweep_data_dir
+from server.store.scripts import Scripts
+from server.store.storage import LocalStorage
+from server.store.store import Store
+from server.store.users import UserStore
+from server.stories.reader import StoryReader
+from server.stories.seen import SeenBook
+from server.stories.sweeper import Sweeper
+from server.stories.writer import StoryWriter
 
 log = logging.getLogger("stories")
 

@@ -17,9 +17,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.clock import ManualClock
-from server.embedded_redis import EmbeddedRedis
-from server.settings import Settings
+from server.core.clock import ManualClock
+from server.core.settings import Settings
+from server.store.embedded_redis import EmbeddedRedis
 
 MEDIA = Path(__file__).parent / "media"
 

@@ -15,8 +15,8 @@ import uvicorn
 import websockets
 
 from server.app import create_app
-from server.clock import Clock
-from server.settings import Settings
+from server.core.clock import Clock
+from server.core.settings import Settings
 
 
 def free_port() -> int:

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from server.audience import AUDIENCES, Relation, can_see
-from server.tray import ActiveItem, TrayState, first_unseen, order_tray, ring, visible_items
+from server.core.audience import AUDIENCES, Relation, can_see
+from server.core.tray import ActiveItem, TrayState, first_unseen, order_tray, ring, visible_items
 from tests.conftest import assert_problem
 
 # Every per-item endpoint a viewer can call: (method, path suffix, JSON body, success status).

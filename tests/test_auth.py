@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.settings import Settings
+from server.core.settings import Settings
 from tests.conftest import assert_problem
 
 

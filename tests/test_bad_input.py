@@ -19,8 +19,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.clock import ManualClock
-from server.settings import Settings
+from server.core.clock import ManualClock
+from server.core.settings import Settings
 from tests.conftest import MEDIA, Api, assert_problem
 
 

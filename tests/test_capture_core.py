@@ -34,9 +34,9 @@ from PIL import Image
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # runnable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server import errors
-from server.captures import Capture, CaptureConfig, CaptureManager, close_peer_connection
-from server.recorder import RecordingResult, StoryRecorder
+from server.core import errors
+from server.live.captures import Capture, CaptureConfig, CaptureManager, close_peer_connection
+from server.live.recorder import RecordingResult, StoryRecorder
 
 CITY = Path(__file__).parent / "media" / "city.mpg"
 FPS = 25

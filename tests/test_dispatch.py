@@ -12,10 +12,10 @@ import asyncio
 
 import orjson
 
-from server.connection import Connection
-from server.dispatch import Dispatcher
-from server.frames import Encoded, encode
-from server.wire import WireClosed
+from server.core.frames import Encoded, encode
+from server.push.connection import Connection
+from server.push.dispatch import Dispatcher
+from server.push.wire import WireClosed
 
 
 class RecordingWire:

@@ -42,10 +42,11 @@ import psutil
 import websockets
 from starlette.websockets import WebSocket
 
-from server import frames
-from server.auth import Authenticator
-from server.connection import Close, Connection
-from server.drain import (
+from server.core import frames
+from server.core.auth import Authenticator
+from server.core.settings import Settings
+from server.push.connection import Close, Connection
+from server.push.drain import (
     CLOSE_BATCH,
     TEARDOWN_S,
     Budget,
@@ -54,7 +55,6 @@ from server.drain import (
     retry_after_s,
     retry_reason,
 )
-from server.settings import Settings
 from tests.test_push_processes import JWT_SECRET, ServerProcess, _worker_of_sockets, shared_env
 
 CLIENTS = 300

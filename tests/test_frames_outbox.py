@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from server.frames import Encoded, Op, ProtocolError, encode, pack, parse_op
-from server.outbox import Outbox, ViewCountCoalescer
+from server.core.frames import Encoded, Op, ProtocolError, encode, pack, parse_op
+from server.core.outbox import Outbox, ViewCountCoalescer
 
 
 def test_parse_ops():
@@ -77,7 +77,7 @@ def test_view_counts_coalesce_to_four_a_second_and_end_exact():
 def test_tokens_are_redacted_from_log_lines():
     import logging
 
-    from server.redact import RedactTokens
+    from server.api.redact import RedactTokens
 
     record = logging.LogRecord("uvicorn.error", 20, "", 0, '%s - "WebSocket %s" [accepted]',
                                ("127.0.0.1:5", "/ws?token=eyJhbGciOi.abc.def&x=1"), None)  # fmt: skip
@@ -89,7 +89,7 @@ def test_a_client_cannot_fill_the_log_with_utf8_tracebacks():
     import logging
     import sys
 
-    from server.redact import RedactTokens
+    from server.api.redact import RedactTokens
 
     try:
         b"\xff".decode()
@@ -106,7 +106,7 @@ def test_a_client_cannot_fill_the_log_with_utf8_tracebacks():
 def test_redaction_keeps_the_shape_of_log_args():
     import logging
 
-    from server.redact import RedactTokens
+    from server.api.redact import RedactTokens
 
     def record(msg: str, args: object) -> logging.LogRecord:
         rec = logging.LogRecord("uvicorn.access", 20, "", 0, msg, None, None)

@@ -14,9 +14,9 @@ import random
 import orjson
 import pytest
 
-from server.admission import Busy, SignInGate, retry_reason
-from server.interest import Interest
-from server.settings import Settings
+from server.core.settings import Settings
+from server.push.admission import Busy, SignInGate, retry_reason
+from server.push.interest import Interest
 
 
 class Member:

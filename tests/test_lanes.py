@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from server.lanes import FrameLane
+from server.live.lanes import FrameLane
 
 
 async def test_items_go_through_the_sink_in_order_on_the_lanes_thread() -> None:

@@ -25,10 +25,10 @@ from PIL import Image, ImageChops, ImageCms, ImageStat
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # runnable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server import images
-from server.errors import InvalidMedia, PayloadTooLarge, UnsupportedMedia
-from server.media import MediaLimits, ProcessedMedia, detect_format, process_media, sniff
-from server.video import mp4_top_level_boxes, upright_image
+from server.core.errors import InvalidMedia, PayloadTooLarge, UnsupportedMedia
+from server.media import images
+from server.media.pipeline import MediaLimits, ProcessedMedia, detect_format, process_media, sniff
+from server.media.video import mp4_top_level_boxes, upright_image
 
 MEDIA = Path(__file__).parent / "media"
 LIMITS = MediaLimits()

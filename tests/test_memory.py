@@ -30,11 +30,11 @@ import pytest
 from PIL import Image, ImageDraw
 from starlette.testclient import TestClient
 
-from server import images
 from server.app import create_app
-from server.media import MediaLimits, estimate_bytes, process_media
-from server.membudget import MIB, MemoryBudget, OverBudget
-from server.settings import Settings
+from server.core.settings import Settings
+from server.media import images
+from server.media.membudget import MIB, MemoryBudget, OverBudget
+from server.media.pipeline import MediaLimits, estimate_bytes, process_media
 from tests.test_push_processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,7 +179,7 @@ MEASURE = textwrap.dedent(
     """
     import json, sys, tempfile
     from pathlib import Path
-    from server.media import MediaLimits, process_media
+    from server.media.pipeline import MediaLimits, process_media
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -217,7 +217,7 @@ def test_estimate_bounds_the_measured_peak(case: str, tmp_path: Path) -> None:
 
 
 def test_estimate_is_refused_like_processing(tmp_path: Path) -> None:
-    from server.errors import InvalidMedia, UnsupportedMedia
+    from server.core.errors import InvalidMedia, UnsupportedMedia
 
     text = tmp_path / "notes.png"
     text.write_text("hello")

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server import parse
-from server.errors import BadRequest, RangeNotSatisfiable
+from server.core import parse
+from server.core.errors import BadRequest, RangeNotSatisfiable
 
 # superscript two, Arabic-Indic, Extended Arabic-Indic, Devanagari, fullwidth, math
 NOT_ASCII_DIGITS = [

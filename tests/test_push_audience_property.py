@@ -43,15 +43,15 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from PIL import Image
 
-from server import events
-from server.audience import AUDIENCES, Relation, can_see
-from server.connection import Connection
-from server.errors import NotFound
-from server.frames import Encoded
-from server.keys import item_id
-from server.media import MediaLimits, process_media
+from server.core import events
+from server.core.audience import AUDIENCES, Relation, can_see
+from server.core.errors import NotFound
+from server.core.frames import Encoded
+from server.core.keys import item_id
+from server.core.settings import Settings
+from server.media.pipeline import MediaLimits, process_media
+from server.push.connection import Connection
 from server.services import Services
-from server.settings import Settings
 
 N_USERS = 5
 SETTLE_QUIET_S = 0.03

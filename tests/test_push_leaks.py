@@ -24,12 +24,12 @@ import pytest
 import redis as sync_redis
 import websockets
 
-from server import events
-from server.connection import Connection
+from server.core import events
+from server.core.settings import Settings
+from server.core.tray import ActiveItem
+from server.push.connection import Connection
+from server.push.wire import AsgiWire
 from server.services import Services
-from server.settings import Settings
-from server.tray import ActiveItem
-from server.wire import AsgiWire
 from tests.live import Client, LiveServer
 
 N_USERS = 40

@@ -17,8 +17,8 @@ import redis
 import websockets
 from PIL import Image
 
-from server.embedded_redis import EmbeddedRedis
-from server.wire import UvicornWire
+from server.push.wire import UvicornWire
+from server.store.embedded_redis import EmbeddedRedis
 from tests.live import Client, LiveServer
 
 

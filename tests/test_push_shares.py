@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from server.clock import ManualClock
+from server.core.clock import ManualClock
 from tests.live import Client, LiveServer, Socket
 
 

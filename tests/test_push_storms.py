@@ -28,11 +28,11 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 import websockets
 
-from server.connection import Connection
-from server.embedded_redis import EmbeddedRedis
+from server.core.settings import Settings
+from server.push.connection import Connection
+from server.push.wire import AsgiWire
 from server.services import Services
-from server.settings import Settings
-from server.wire import AsgiWire
+from server.store.embedded_redis import EmbeddedRedis
 from tests.live import Client, LiveServer
 from tests.test_push_leaks import CLEAN, _channels, _clean, _null_close, _null_send, _wait_clean
 

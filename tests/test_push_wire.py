@@ -12,8 +12,8 @@ import dataclasses
 
 import orjson
 
-from server.settings import Settings
-from server.wire import AsgiWire, UvicornWire
+from server.core.settings import Settings
+from server.push.wire import AsgiWire, UvicornWire
 from tests.live import Client, LiveServer
 
 

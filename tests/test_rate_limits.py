@@ -17,8 +17,8 @@ from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.clock import ManualClock
-from server.settings import Settings
+from server.core.clock import ManualClock
+from server.core.settings import Settings
 from tests.conftest import Api, assert_problem
 
 ADMIN = "admin-token-" + "y" * 20

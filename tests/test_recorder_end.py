@@ -20,9 +20,9 @@ from typing import Any
 import av
 import pytest
 
-from server import errors
-from server.captures import Capture
-from server.recorder import MAX_FPS, VIDEO_QUEUE_MAX
+from server.core import errors
+from server.live.captures import Capture
+from server.live.recorder import MAX_FPS, VIDEO_QUEUE_MAX
 from tests import test_capture_core as core
 from tests.test_capture_core import Client, connect, until
 

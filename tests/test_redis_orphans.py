@@ -14,7 +14,7 @@ import httpx
 import psutil
 import redis
 
-from server.embedded_redis import redis_server_binary
+from server.store.embedded_redis import redis_server_binary
 from tests.test_cli import User, free_port, serving, wait_until
 
 

@@ -20,9 +20,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.embedded_redis import EmbeddedRedis
-from server.settings import Settings
-from server.sweeper import Sweeper
+from server.core.settings import Settings
+from server.store.embedded_redis import EmbeddedRedis
+from server.stories.sweeper import Sweeper
 from tests.conftest import Api, assert_problem
 
 

@@ -23,9 +23,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.errors import InvalidField
-from server.rollout import Gate, bucket, may_post
-from server.settings import Settings
+from server.core.errors import InvalidField
+from server.core.settings import Settings
+from server.store.rollout import Gate, bucket, may_post
 from tests.conftest import Api, assert_problem
 
 ADMIN = "admin-" + "z" * 24

@@ -18,8 +18,8 @@ import httpx
 import psutil
 import pytest
 
-from server import procs
-from server.scratch import process_dir, sweep, sweep_data_dir
+from server.store import procs
+from server.store.scratch import process_dir, sweep, sweep_data_dir
 from tests.test_capture_core import Client as Camera
 from tests.test_cli import User, free_port, serving, wait_until
 from tests.test_redis_orphans import ready, redis_serving, stop_all

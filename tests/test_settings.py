@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import Settings, load_settings
+from server.core.settings import Settings, load_settings
 
 DEFAULT_TOML = Path(__file__).parent.parent / "config" / "default.toml"
 

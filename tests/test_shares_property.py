@@ -32,9 +32,9 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from server.app import create_app
-from server.audience import AUDIENCES, Relation, can_see
-from server.clock import ManualClock
-from server.settings import Settings
+from server.core.audience import AUDIENCES, Relation, can_see
+from server.core.clock import ManualClock
+from server.core.settings import Settings
 from tests.conftest import Api
 
 N = 4

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from server.timeline import MAX_FRAME_S, TrackTimeline, Verdict
+from server.live.timeline import MAX_FRAME_S, TrackTimeline, Verdict
 
 VIDEO = Fraction(1, 90_000)
 AUDIO = Fraction(1, 48_000)

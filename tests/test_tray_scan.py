@@ -8,19 +8,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.audience import Relation
-from server.clock import ManualClock, rfc3339
-from server.graph import Graph
-from server.keys import Keys, item_id
-from server.reads import StoryReader
-from server.scripts import Scripts
+from server.core.audience import Relation
+from server.core.clock import ManualClock, rfc3339
+from server.core.keys import Keys, item_id
+from server.core.settings import Settings
+from server.core.signing import MediaSigner
+from server.core.tray import ActiveItem, order_tray, ring, visible_items
 from server.services import redis_client
-from server.settings import Settings
-from server.signing import MediaSigner
-from server.storage import LocalStorage
-from server.store import Store
-from server.tray import ActiveItem, order_tray, ring, visible_items
-from server.users import UserStore
+from server.store.graph import Graph
+from server.store.scripts import Scripts
+from server.store.storage import LocalStorage
+from server.store.store import Store
+from server.store.users import UserStore
+from server.stories.reader import StoryReader
 
 NOW = 1_800_000_000_000
 OWNERS = ["ann", "ben", "cat", "dov"]

@@ -35,7 +35,7 @@ from starlette.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 
 from server.app import create_app
-from server.settings import Settings
+from server.core.settings import Settings
 from tests.conftest import MEDIA, Api, assert_problem
 from tests.live import LiveServer
 

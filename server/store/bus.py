@@ -1,0 +1,61 @@
+"""The one publisher of events: which channels an event goes to, and its bytes.
+
+Two kinds of event (DESIGN.md, "Channels"):
+- **lifecycle** of an owner's items (story.new, story.removed, story.audience,
+  story.source_audience): on the owner's stories channel, which every process
+  with a follower of the owner subscribes to, and on the owner's inbox, which
+  is the one channel the owner's own sockets hold (one subscription per user);
+- **personal** events for one user (seen-by, view counts, seen sync, replies,
+  reactions, graph changes, capture results): on that user's inbox only.
+
+Writes that must publish atomically with their Redis change (post, end, audience)
+publish from their Lua script; the Bus hands those scripts the channels and the
+payload (`lifecycle_args`), so this module is still the only place that decides
+where an event goes. Every key and channel name comes from `Keys`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from server.core import events
+from server.core.keys import Keys
+
+Event = dict[str, Any]
+
+
+class Bus:
+    """Publishes events over Redis pub/sub (`redis`), channel names from `keys`."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    def lifecycle_args(self, owner: str, event: Event) -> list[str | bytes]:
+        """`[stories channel, payload, inbox channel]`: the ARGV a write script publishes with.
+
+        The scripts (`lua/post_item.lua`, `end_item.lua`, `set_audience.lua`)
+        publish the payload on both channels in the same atomic step as the write.
+        """
+        return [
+            self.keys.stories_channel(owner),
+            events.encode(event),
+            self.keys.inbox_channel(owner),
+        ]
+
+    def lifecycle(self, pipe: Pipeline, owner: str, event: Event) -> None:
+        """Queue a lifecycle event of `owner`'s items on `pipe` (both channels, one payload)."""
+        payload = events.encode(event)
+        pipe.publish(self.keys.stories_channel(owner), payload)
+        pipe.publish(self.keys.inbox_channel(owner), payload)
+
+    def personal(self, pipe: Pipeline, uid: str, event: Event) -> None:
+        """Queue a personal event for user `uid` on `pipe` (their inbox)."""
+        pipe.publish(self.keys.inbox_channel(uid), events.encode(event))
+
+    async def tell(self, uid: str, event: Event) -> None:
+        """Publish one personal event for user `uid` now (one round trip)."""
+        await self.redis.publish(self.keys.inbox_channel(uid), events.encode(event))
