@@ -423,7 +423,7 @@ def in_process_store(
     from server.core.keys import Keys
     from server.core.settings import Settings
     from server.core.signing import MediaSigner
-    from server.services import redis_client
+    from server.store.client import redis_client
     from server.store.graph import Graph
     from server.store.scripts import Scripts
     from server.store.storage import LocalStorage
@@ -435,7 +435,7 @@ def in_process_store(
         from redis.asyncio import Redis
         from redis.asyncio.connection import _AsyncRESP3Parser
 
-        client = Redis.from_url(  # as server.services.redis_client, parser forced
+        client = Redis.from_url(  # as server.store.client.redis_client, parser forced
             redis_url,
             socket_timeout=5,
             socket_connect_timeout=2,

@@ -102,11 +102,10 @@ async def redis_in_process(url: str, prefix: str, tmp: Path, media: Any) -> dict
     """Time and round trips of `StoryWriter.create` and of the post handler's Redis path."""
     from server.store.limits import rate_limit
     from server.store.rollout import Rollout
-    from server.stories.reader import StoryReader
     from server.stories.writer import StoryWriter
 
     store = h.in_process_store(url, prefix, tmp / "in-process-data")
-    writer, reader = StoryWriter(store), StoryReader(store)
+    writer = StoryWriter(store)
     rollout = Rollout(store.redis, store.keys.rollout())
     try:
         user = await store.users.ensure("bench_inproc", {"handle": "bench_inproc"})
@@ -120,12 +119,10 @@ async def redis_in_process(url: str, prefix: str, tmp: Path, media: Any) -> dict
             await rollout.check(user["id"], user["handle"], None)
             await rate_limit(store.redis, store.keys, user["id"], "posts", 10**9,
                              store.clock.now_ms())  # fmt: skip
-            rec = await create()
-            await reader.render_many(user["id"], [rec])
+            await create()  # the StoryItem answered is rendered once, by the writer
 
         async def after_media() -> None:  # the Redis work once the media is ready
-            rec = await create()
-            await reader.render_many(user["id"], [rec])
+            await create()
 
         out: dict[str, Any] = {}
         calls = (("create", create), ("after_media", after_media), ("handler", handler_path))

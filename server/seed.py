@@ -12,9 +12,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from server.api.forms import workdir
 from server.media.pipeline import MediaLimits
 from server.services import Services
+from server.store.scratch import workdir
 
 log = logging.getLogger("stories.seed")
 MEDIA_DIR = Path(__file__).resolve().parent.parent / "tests" / "media"
@@ -46,15 +46,16 @@ async def seed_demo(svc: Services) -> None:
             if a != b:
                 await store.graph.follow(users[a]["id"], users[b]["id"], now)
     await store.graph.set_close_friend(users["carol"]["id"], users["alice"]["id"], True)
-    limits = MediaLimits(max_long_side_px=store.settings.max_long_side_px)
+    limits = MediaLimits.from_settings(store.settings)
     for owner, name, caption, audience, hours in STORIES:
         created = now if store.settings.lifetime_seconds else now - int(hours * HOUR_MS)
         async with workdir(store.storage.tmp_dir()) as folder:
             src = folder / "src"
             shutil.copyfile(MEDIA_DIR / name, src)
             media = await svc.media.process(src, folder, limits)
-            rec = await svc.writer.create(users[owner], media, caption=caption, audience=audience,
-                                          lifetime_h=24, source="upload", created_ms=created)  # fmt: skip
+            posted = await svc.writer.create(users[owner], media, caption=caption,
+                                             audience=audience, lifetime_h=24, source="upload",
+                                             created_ms=created)  # fmt: skip
         if owner in SEEN_BY_ALICE:
-            await svc.seen.mark_seen(users["alice"], rec.id)
+            await svc.seen.mark_seen(users["alice"], posted.record.id)
     log.info("demo data seeded: users %s", ", ".join(USERS))

@@ -9,20 +9,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from server.api.captures import publish_capture, report_failure
 from server.core.auth import Authenticator, load_or_create_secret
 from server.core.clock import Clock, SystemClock
 from server.core.keys import Keys
 from server.core.settings import Settings
 from server.core.signing import MediaSigner
 from server.live.captures import CaptureConfig, CaptureManager
+from server.live.publish import CapturePublisher
 from server.media.pool import MediaPool
 from server.push.broker import Broker
 from server.push.drain import Drain
 from server.push.gcpolicy import freeze_on_growth
 from server.push.hub import Hub
+from server.store.client import redis_client
 from server.store.graph import Graph
 from server.store.limits import Idempotency
 from server.store.rollout import Rollout
@@ -37,25 +36,6 @@ from server.stories.sweeper import Sweeper
 from server.stories.writer import StoryWriter
 
 log = logging.getLogger("stories")
-
-
-def redis_client(url: str, max_connections: int = 100) -> aioredis.Redis:
-    """An asyncio client with short timeouts, so an outage turns into 503s quickly.
-
-    The pool is a blocking one: past `max_connections` a command waits (up to
-    5 s) for a free connection instead of failing. Sockets signing in never
-    get that far: the hub's sign-in gate (`admission.py`) admits fewer at once
-    than the pool holds (`ws_sign_in_concurrency`) and tells the rest to retry.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=5,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=10,
-    )
-    return aioredis.Redis(connection_pool=pool)
 
 
 def capture_config(settings: Settings) -> CaptureConfig:
@@ -106,18 +86,17 @@ class Services:
         )  # fmt: skip
         writer, reader = StoryWriter(store), StoryReader(store)
         hub = Hub(store, reader)
+        media = MediaPool(settings.media_workers, settings.media_queue,
+                          settings.media_memory_budget_bytes)  # fmt: skip
         sweep_data_dir(data)  # partial files of captures and uploads of dead processes
+        publisher = CapturePublisher(store, media, writer)
         captures = CaptureManager(capture_config(settings), process_dir(data / "captures"),
-                                  on_finished=lambda c, r: publish_capture(svc, c, r),
-                                  on_failed=lambda c, d: report_failure(svc, c, d))  # fmt: skip
+                                  on_finished=publisher.finished, on_failed=publisher.failed)  # fmt: skip
         broker = Broker(redis, hub, keys.canary_channel(secrets.token_hex(6)))
         svc = cls(
             settings=settings, store=store, auth=Authenticator(settings), writer=writer,
             reader=reader, seen=SeenBook(store, reader), rollout=Rollout(redis, keys.rollout()),
-            idempotency=Idempotency(redis, keys),
-            media=MediaPool(settings.media_workers, settings.media_queue,
-                             settings.media_memory_budget_bytes),
-            sweeper=Sweeper(store, writer), hub=hub, broker=broker, captures=captures,
+            idempotency=Idempotency(redis, keys), media=media, sweeper=Sweeper(store, writer), hub=hub, broker=broker, captures=captures,
             drain=Drain(hub, settings),
         )  # fmt: skip
         hub.bind(broker)

@@ -211,6 +211,16 @@ def test_share_to_story_with_attribution(login):
     assert shared["shared_from"]["owner"]["handle"] == "bob"
 
 
+def test_posted_and_shared_items_answer_what_a_read_answers(login):
+    """The writer renders a new item once; the 201 body is what GET gives its owner."""
+    bob, alice = login("bob"), login("alice")
+    alice.follow(bob)
+    posted = bob.post_media("city_vp8.webm", data={"audience": "public", "caption": "c"}).json()
+    assert bob.get(f"/stories/{posted['id']}").json() == posted
+    shared = alice.post(f"/stories/{posted['id']}/share", json={}).json()
+    assert alice.get(f"/stories/{shared['id']}").json() == shared
+
+
 def test_delete_and_archive(login, client):
     bob, alice = login("bob"), login("alice")
     alice.follow(bob)

@@ -399,6 +399,19 @@ def test_webm_kept(workdir: Path) -> None:
     assert assert_poster(result).size == (360, 640)
 
 
+def test_kept_video_renamed_when_consumed(workdir: Path, tmp_path: Path) -> None:
+    """With `consume` (the media pool's way) the upload is renamed into place, not copied."""
+    src = tmp_path / "upload"
+    shutil.copyfile(MEDIA / "city_vp8.webm", src)
+    inode = src.stat().st_ino
+    result = process_media(src, workdir, LIMITS, consume=True)
+    assert result.transcoded is False and not src.exists()
+    assert result.path.stat().st_ino == inode
+    assert result.path.read_bytes() == (MEDIA / "city_vp8.webm").read_bytes()
+    kept = process_media(MEDIA / "city_vp8.webm", workdir, LIMITS)  # without it: a copy
+    assert (MEDIA / "city_vp8.webm").exists() and kept.path.stat().st_ino != inode
+
+
 def test_kept_format_still_transcoded_when_too_big(workdir: Path) -> None:
     result = process_media(MEDIA / "city_vp8.webm", workdir, MediaLimits(max_long_side_px=320))
     assert (result.transcoded, result.mime, result.width, result.height) == (

@@ -265,9 +265,11 @@ async def _post(svc: Services, m: Model, image: Path, owner: dict[str, Any], aud
     src = work / "upload.jpg"
     shutil.copyfile(image, src)
     media = process_media(src, work, MediaLimits())
-    rec = await svc.writer.create(
-        owner, media, caption=None, audience=audience, lifetime_h=24, source="upload"
-    )
+    rec = (
+        await svc.writer.create(
+            owner, media, caption=None, audience=audience, lifetime_h=24, source="upload"
+        )
+    ).record
     m.items[rec.id] = (owner["id"], rec.seq, audience)
     return rec.id
 
@@ -288,9 +290,11 @@ async def _share(
     original, _, source = await svc.reader.visible_with_source(sharer["id"], iid)
     if original.audience != "public" and original.owner != sharer["id"]:
         return None  # 403 over HTTP
-    rec = await svc.writer.share(
-        sharer, original, source, caption=None, audience=audience, lifetime_h=24
-    )
+    rec = (
+        await svc.writer.share(
+            sharer, original, source, caption=None, audience=audience, lifetime_h=24
+        )
+    ).record
     m.items[rec.id] = (sharer["id"], rec.seq, audience)
     m.sources[rec.id] = m.sources.get(iid, iid)
     assert rec.shared_from == m.sources[rec.id]

@@ -14,7 +14,7 @@ from server.core.keys import Keys, item_id
 from server.core.settings import Settings
 from server.core.signing import MediaSigner
 from server.core.tray import ActiveItem, order_tray, ring, visible_items
-from server.services import redis_client
+from server.store.client import redis_client
 from server.store.graph import Graph
 from server.store.scripts import Scripts
 from server.store.storage import LocalStorage

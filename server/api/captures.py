@@ -1,70 +1,24 @@
-"""HTTP: live capture over WebRTC (PROTOCOL.md "Live capture"), and its publishing.
+"""HTTP: live capture over WebRTC (PROTOCOL.md "Live capture").
 
-`publish_capture` is the capture manager's `on_finished`: the recorded MP4 goes
-through exactly the upload path (content checks, storage, events) with
-`source: "capture"`, then `capture.finished` is pushed to the capturing user.
+The capture → item step is not here: `server/live/publish.py` posts a finished
+recording and pushes `capture.finished` / `capture.failed`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.api.common import caller, limited, read_json, services
-from server.api.forms import workdir
+from server.api.checks import check_audience, check_caption
+from server.api.common import caller, limited, post_gate, read_json, services
 from server.api.responses import JSONResponse, no_content
-from server.api.stories import _gate, check_audience, check_caption
-from server.core import events
-from server.core.errors import NotFound, field_error
-from server.media.pipeline import MediaLimits
-
-if TYPE_CHECKING:
-    from server.live.captures import Capture
-    from server.live.recorder import RecordingResult
-    from server.services import Services
-
-
-async def publish_capture(
-    svc: Services, capture: Capture, result: RecordingResult
-) -> dict[str, Any]:
-    """Post the finished recording as a story item; returns the owner's StoryItem."""
-    store = svc.store
-    user = await store.users.get(capture.user_id)
-    if user is None:
-        raise NotFound("the capturing user no longer exists")
-    s = svc.settings
-    limits = MediaLimits(max_bytes=s.max_upload_bytes, max_video_ms=max(s.max_video_ms, s.capture_max_duration_ms + 1000),
-                         max_pixels=s.max_pixels, max_long_side_px=s.max_long_side_px)  # fmt: skip
-    try:
-        async with workdir(store.storage.tmp_dir()) as folder:
-            media = await svc.media.process(Path(result.path), folder, limits)
-            rec = await svc.writer.create(user, media, caption=capture.meta.get("caption"),
-                                          audience=capture.meta.get("audience", "followers"),
-                                          lifetime_h=s.default_lifetime_h, source="capture")  # fmt: skip
-    finally:
-        for path in (result.path, result.poster_path):
-            if path:
-                Path(path).unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink, local disk)
-    item = (await svc.reader.render_many(user["id"], [rec]))[0]
-    event = events.capture_finished(capture.id, item)
-    await store.redis.publish(store.keys.inbox_channel(user["id"]), events.encode(event))
-    return item
-
-
-async def report_failure(svc: Services, capture: Capture, detail: str) -> None:
-    """The manager's `on_failed`: push `capture.failed` to the capturing user."""
-    store = svc.store
-    event = events.capture_failed(capture.id, detail)
-    await store.redis.publish(store.keys.inbox_channel(capture.user_id), events.encode(event))
+from server.core.errors import field_error
 
 
 async def start_capture(request: Request) -> Response:
     """`POST /captures {"sdp", "type": "offer", "caption"?, "audience"?}` → 201 answer."""
-    _, user = await _gate(request)
+    _, user = await post_gate(request)
     svc = services(request)
     body = await read_json(request, max_bytes=svc.captures.config.max_sdp_bytes + 8192)
     sdp = body.get("sdp")
@@ -90,6 +44,7 @@ async def stop_capture(request: Request) -> Response:
 
 
 async def discard_capture(request: Request) -> Response:
+    """`DELETE /captures/{id}` → 204: the capture ends and nothing is posted."""
     _, user = await caller(request)
     svc = services(request)
     await limited(request, "edits", user["id"], svc.settings.edits_per_minute)

@@ -97,3 +97,15 @@ def limit_only(request: Request) -> int:
     if limit is None:
         raise field_error("limit", f"an integer 1-{MAX_LIMIT}")
     return limit
+
+
+async def post_gate(request: Request) -> tuple[Principal, User]:
+    """Caller, rollout gate (403) and post rate limit (429)."""
+    principal, user = await caller(request)
+    svc = services(request)
+    country = principal.claims.get(svc.settings.jwt_country_claim)
+    await svc.rollout.check(
+        user["id"], user["handle"], country if isinstance(country, str) else None
+    )
+    await limited(request, "posts", user["id"], svc.settings.posts_per_minute)
+    return principal, user

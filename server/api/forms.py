@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,34 +12,18 @@ from starlette.requests import Request
 
 from server.core.errors import BadRequest, LengthRequired, PayloadTooLarge, field_error
 from server.core.parse import content_length
-from server.store.scratch import process_dir
 
 COPY_CHUNK = 1024 * 1024
 
 
 @dataclass
 class PostForm:
-    """The fields of a story upload, files saved under `workdir`."""
+    """The fields of a story upload, files saved in the folder given to `read_post_form`."""
 
     media_path: Path
     caption: str | None
     audience: str | None
     lifetime_h: str | None
-
-
-@asynccontextmanager
-async def workdir(tmp_root: Path) -> AsyncIterator[Path]:
-    """A private temporary folder, removed with everything in it on exit.
-
-    It lives in this process's folder of `tmp_root` (`scratch.process_dir`), so what a
-    killed process leaves is removed when the next one starts (`scratch.sweep_data_dir`).
-    """
-    path = process_dir(tmp_root) / uuid.uuid4().hex
-    path.mkdir(parents=True)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 async def read_post_form(request: Request, folder: Path, max_bytes: int) -> PostForm:

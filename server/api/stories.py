@@ -8,65 +8,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server.api.checks import check_audience, check_caption, check_lifetime
 from server.api.common import (
     caller,
     encode_cursor,
     limit_only,
     limited,
     paging,
+    post_gate,
     read_json,
     services,
 )
-from server.api.forms import read_post_form, workdir
+from server.api.forms import read_post_form
 from server.api.responses import JSONResponse, no_content
-from server.core.audience import AUDIENCES
 from server.core.errors import Forbidden, NotFound, field_error
 from server.media.pipeline import MediaLimits
+from server.store.scratch import workdir
 from server.store.users import User
 from server.stories.seen import check_emoji
-
-LIFETIMES_H = (6, 12, 24, 48)
-
-
-def check_caption(raw: Any, max_chars: int) -> str | None:
-    """None for empty; else text of at most `max_chars`. Raises InvalidField (422)."""
-    if raw is None:
-        return None
-    if not isinstance(raw, str):
-        raise field_error("caption", "must be text")
-    text = raw.strip()
-    if len(text) > max_chars:
-        raise field_error("caption", f"at most {max_chars} characters")
-    if any(not (ch.isprintable() or ch == "\n") for ch in text):
-        raise field_error("caption", "control characters are not allowed")
-    return text or None
-
-
-def check_audience(raw: Any) -> str:
-    value = raw if raw not in (None, "") else "followers"
-    if value not in AUDIENCES:
-        raise field_error("audience", "one of public, followers, close_friends")
-    return str(value)
-
-
-def check_lifetime(raw: Any, default_h: int) -> int:
-    if raw in (None, ""):
-        return default_h
-    if str(raw) not in {str(h) for h in LIFETIMES_H}:
-        raise field_error("lifetime_h", "one of 6, 12, 24, 48")
-    return int(raw)
-
-
-async def _gate(request: Request) -> tuple[Any, User]:
-    """Caller, rollout gate (403) and post rate limit (429)."""
-    principal, user = await caller(request)
-    svc = services(request)
-    country = principal.claims.get(svc.settings.jwt_country_claim)
-    await svc.rollout.check(
-        user["id"], user["handle"], country if isinstance(country, str) else None
-    )
-    await limited(request, "posts", user["id"], svc.settings.posts_per_minute)
-    return principal, user
 
 
 async def _idempotent(request: Request, user: User, run: Any) -> Response:
@@ -93,11 +52,10 @@ async def _idempotent(request: Request, user: User, run: Any) -> Response:
 
 async def post_story(request: Request) -> Response:
     """`POST /stories` multipart: media, caption?, audience?, lifetime_h? → 201 StoryItem."""
-    _, user = await _gate(request)
+    _, user = await post_gate(request)
     svc = services(request)
     s = svc.settings
-    limits = MediaLimits(max_bytes=s.max_upload_bytes, max_video_ms=s.max_video_ms,
-                         max_pixels=s.max_pixels, max_long_side_px=s.max_long_side_px)  # fmt: skip
+    limits = MediaLimits.from_settings(s)
 
     async def run() -> tuple[int, Any]:
         async with workdir(svc.store.storage.tmp_dir()) as folder:
@@ -106,16 +64,16 @@ async def post_story(request: Request) -> Response:
             audience = check_audience(form.audience)
             lifetime = check_lifetime(form.lifetime_h, s.default_lifetime_h)
             media = await svc.media.process(form.media_path, folder, limits)
-            rec = await svc.writer.create(user, media, caption=caption, audience=audience,
-                                          lifetime_h=lifetime, source="upload")  # fmt: skip
-        return 201, (await svc.reader.render_many(user["id"], [rec]))[0]
+            posted = await svc.writer.create(user, media, caption=caption, audience=audience,
+                                             lifetime_h=lifetime, source="upload")  # fmt: skip
+        return 201, posted.item
 
     return await _idempotent(request, user, run)
 
 
 async def share_story(request: Request) -> Response:
     """`POST /stories/{id}/share {"caption"?, "audience"?, "lifetime_h"?}` → 201 StoryItem."""
-    _, user = await _gate(request)
+    _, user = await post_gate(request)
     svc = services(request)
     body = await read_json(request)
     original, _, source = await svc.reader.visible_with_source(
@@ -125,13 +83,13 @@ async def share_story(request: Request) -> Response:
         raise Forbidden("only public story items can be shared to another story")
 
     async def run() -> tuple[int, Any]:
-        rec = await svc.writer.share(
+        posted = await svc.writer.share(
             user, original, source,
             caption=check_caption(body.get("caption"), svc.settings.max_caption_chars),
             audience=check_audience(body.get("audience")),
             lifetime_h=check_lifetime(body.get("lifetime_h"), svc.settings.default_lifetime_h),
         )  # fmt: skip
-        return 201, (await svc.reader.render_many(user["id"], [rec]))[0]
+        return 201, posted.item
 
     return await _idempotent(request, user, run)
 

@@ -81,9 +81,7 @@ async def _other(request: Request) -> tuple[str, str]:
 
 async def _tell(request: Request, viewer: str, kind: str, other: str, on: bool) -> None:
     """Publish graph.changed to `viewer`'s inbox so their live tray follows at once."""
-    svc = services(request)
-    event = events.graph_changed(kind, other, on)
-    await svc.store.redis.publish(svc.store.keys.inbox_channel(viewer), events.encode(event))
+    await services(request).store.bus.tell(viewer, events.graph_changed(kind, other, on))
 
 
 async def put_following(request: Request) -> Response:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from server.core.errors import InvalidMedia, PayloadTooLarge, UnsupportedMedia
+from server.core.settings import Settings
 from server.media import images, video, video_memory
 
 HEAD_BYTES = 200  # enough for two MPEG-TS sync bytes (188- or 192-byte packets)
@@ -47,6 +48,24 @@ class MediaLimits:
     max_video_ms: int = 60_000  # longest video
     max_pixels: int = 50_000_000  # decompression-bomb cap, width*height (images and video frames)
     max_long_side_px: int = 1920  # images are downscaled to this; transcoded video too
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, capture: bool = False) -> MediaLimits:
+        """The limits `settings` set for uploads, or for live captures (`capture=True`).
+
+        A capture may run for `capture_max_duration_ms` (which may exceed
+        `max_video_ms`); its file gets one second of slack for the last frames
+        and container rounding.
+        """
+        max_video_ms = settings.max_video_ms
+        if capture:
+            max_video_ms = max(max_video_ms, settings.capture_max_duration_ms + 1000)
+        return cls(
+            max_bytes=settings.max_upload_bytes,
+            max_video_ms=max_video_ms,
+            max_pixels=settings.max_pixels,
+            max_long_side_px=settings.max_long_side_px,
+        )
 
 
 @dataclass(frozen=True)
@@ -127,12 +146,15 @@ def sniff(path: Path) -> Literal["image", "video"]:
     return "image" if _read_format(path) in IMAGE_FORMATS else "video"
 
 
-def process_media(src: Path, workdir: Path, limits: MediaLimits) -> ProcessedMedia:
+def process_media(
+    src: Path, workdir: Path, limits: MediaLimits, *, consume: bool = False
+) -> ProcessedMedia:
     """Normalise the upload at `src` into `workdir` (synchronous, CPU bound).
 
     Writes `<token>.<ext>` and `<token>.poster.jpg` into `workdir` (which must
-    exist) and returns their description. On any error nothing written here
-    is left behind. Raises `PayloadTooLarge` (413, over `limits.max_bytes`),
+    exist) and returns their description. A video kept as sent is copied, or
+    with `consume` renamed (`src` is then gone: the file is written once, by
+    the upload). On any error nothing written here is left behind. Raises `PayloadTooLarge` (413, over `limits.max_bytes`),
     `UnsupportedMedia` (415) or `InvalidMedia` (422: corrupt, truncated,
     too many pixels, too long).
     """
@@ -141,7 +163,7 @@ def process_media(src: Path, workdir: Path, limits: MediaLimits) -> ProcessedMed
     try:
         if fmt in IMAGE_FORMATS:
             return _process_image(src, workdir, token, limits)
-        return _process_video(src, workdir, token, fmt, limits)
+        return _process_video(src, workdir, token, fmt, limits, consume)
     except BaseException:
         _remove_outputs(workdir, token)
         raise
@@ -183,9 +205,9 @@ def _process_image(src: Path, workdir: Path, token: str, limits: MediaLimits) ->
 
 
 def _process_video(
-    src: Path, workdir: Path, token: str, fmt: str, limits: MediaLimits
+    src: Path, workdir: Path, token: str, fmt: str, limits: MediaLimits, consume: bool
 ) -> ProcessedMedia:
-    """Probe, then copy (browser-ready) or transcode to MP4; poster from the first frame."""
+    """Probe, then keep (browser-ready) or transcode to MP4; poster from the first frame."""
     info = video.probe_video(
         src, fmt, max_pixels=limits.max_pixels, max_video_ms=limits.max_video_ms
     )
@@ -193,7 +215,7 @@ def _process_video(
     ext = fmt if keep else "mp4"
     path = workdir / f"{token}.{ext}"
     if keep:
-        _copy(src, path)
+        (_move if consume else _copy)(src, path)
         width, height = info.display_size
     else:
         width, height = video.transcode(src, path, info, max_long_side_px=limits.max_long_side_px)
@@ -212,6 +234,15 @@ def _copy(src: Path, dst: Path) -> None:
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst`; a byte copy (then `src` removed) across filesystems."""
+    try:
+        os.replace(src, dst)
+    except OSError:
+        _copy(src, dst)
+        src.unlink()
 
 
 def _remove_outputs(workdir: Path, token: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from server.core.errors import InvalidMedia, ServiceUnavailable
@@ -36,6 +37,8 @@ class MediaPool:
     async def process(self, src: Path, workdir: Path, limits: MediaLimits) -> ProcessedMedia:
         """Run `process_media` in a worker thread once its estimated memory is free.
 
+        Takes over `src` (`consume`): a video kept as sent is renamed, not copied.
+
         Raises ServiceUnavailable (503) when `workers + queue` jobs are in,
         InvalidMedia (422) when the job alone needs more than the budget, and
         whatever `estimate_bytes` / `process_media` raise for the file.
@@ -55,7 +58,9 @@ class MediaPool:
                     " or video"
                 )
             async with self.budget.hold(need):
-                job = loop.run_in_executor(self.executor, process_media, src, workdir, limits)
+                job = loop.run_in_executor(
+                    self.executor, partial(process_media, consume=True), src, workdir, limits
+                )
                 try:
                     return await asyncio.shield(job)
                 except asyncio.CancelledError:  # a thread cannot be stopped: its bytes stay

@@ -16,6 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from server.store import procs
@@ -29,6 +32,21 @@ def process_dir(root: Path) -> Path:
     path = root / procs.process_tag()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@asynccontextmanager
+async def workdir(tmp_root: Path) -> AsyncIterator[Path]:
+    """A private temporary folder, removed with everything in it on exit.
+
+    It lives in this process's folder of `tmp_root` (`process_dir`), so what a
+    killed process leaves is removed when the next one starts (`sweep_data_dir`).
+    """
+    path = process_dir(tmp_root) / uuid.uuid4().hex
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _owned_by_live_process(entry: Path) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -10,6 +10,7 @@ from server.core.clock import Clock
 from server.core.keys import Keys
 from server.core.settings import Settings
 from server.core.signing import MediaSigner
+from server.store.bus import Bus
 from server.store.graph import Graph
 from server.store.scripts import Scripts
 from server.store.storage import LocalStorage
@@ -18,7 +19,10 @@ from server.store.users import UserStore
 
 @dataclass
 class Store:
-    """Redis client, key names, scripts, users, graph, media signer and storage, clock."""
+    """Redis client, key names, scripts, users, graph, media signer and storage, clock.
+
+    `bus` (built from `redis` and `keys`) is the one publisher of events.
+    """
 
     redis: Redis
     keys: Keys
@@ -29,6 +33,10 @@ class Store:
     storage: LocalStorage
     clock: Clock
     settings: Settings
+    bus: Bus = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bus = Bus(self.redis, self.keys)
 
     def lifetime_ms(self, lifetime_h: int) -> int:
         """Item lifetime; `settings.lifetime_seconds` overrides every lifetime when set."""

@@ -73,11 +73,11 @@ class SeenBook:
         prev, added, _, count = await pipe.execute()
         pipe = self.s.redis.pipeline(transaction=False)
         if added:
-            event = events.story_viewed(rec.id, viewer, rfc3339(now), count)
-            pipe.publish(k.inbox_channel(rec.owner), events.encode(event))
+            self.s.bus.personal(
+                pipe, rec.owner, events.story_viewed(rec.id, viewer, rfc3339(now), count)
+            )
         if int(prev) < rec.seq:
-            event = events.seen_sync(rec.owner, rec.seq)
-            pipe.publish(k.inbox_channel(viewer["id"]), events.encode(event))
+            self.s.bus.personal(pipe, viewer["id"], events.seen_sync(rec.owner, rec.seq))
         if len(pipe):
             await pipe.execute()
 
@@ -139,9 +139,7 @@ class SeenBook:
         pipe = self.s.redis.pipeline(transaction=False)
         pipe.hset(key, user["id"], emoji)
         pipe.pexpireat(key, rec.expires_ms + self.s.settings.viewers_retention_s * 1000)
-        pipe.publish(
-            k.inbox_channel(rec.owner), events.encode(events.story_reaction(rec.id, user, emoji))
-        )
+        self.s.bus.personal(pipe, rec.owner, events.story_reaction(rec.id, user, emoji))
         await pipe.execute()
 
     async def reply(self, user: Json, text_id: str, text: str) -> Json:
@@ -159,9 +157,7 @@ class SeenBook:
         pipe.rpush(key, orjson.dumps(reply))
         pipe.ltrim(key, -MAX_REPLIES_KEPT, -1)
         pipe.pexpireat(key, rec.expires_ms + self.s.settings.archive_retention_s * 1000)
-        pipe.publish(
-            k.inbox_channel(rec.owner), events.encode(events.story_reply(rec.id, user, text))
-        )
+        self.s.bus.personal(pipe, rec.owner, events.story_reply(rec.id, user, text))
         await pipe.execute()
         return reply
 

@@ -18,7 +18,7 @@ O(1) more Redis work (SADD + re-check), still nothing per follower.
 from __future__ import annotations
 
 import secrets
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from server.core import events
@@ -36,6 +36,19 @@ def _file_keys(owner: str, seq: int, ext: str) -> tuple[str, str]:
     """Storage keys of an item's media file and poster: `media/<owner>/<seq>-<random>…`."""
     stem = f"media/{owner}/{seq}-{secrets.token_hex(4)}"
     return f"{stem}.{ext}", f"{stem}-poster.jpg"
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A new item: its stored `record`, and `item`, the StoryItem its owner sees.
+
+    `item` is rendered once, for the `story.new` event, and given back to the
+    poster with the owner's fields (`seen` true, `view_count` 0): the HTTP answer
+    and `capture.finished` need no second render.
+    """
+
+    record: ItemRecord
+    item: Json
 
 
 class StoryWriter:
@@ -60,8 +73,8 @@ class StoryWriter:
         lifetime_h: int,
         source: str,
         created_ms: int | None = None,
-    ) -> ItemRecord:
-        """Store `media` (files are moved) and publish a new item; returns its record."""
+    ) -> Posted:
+        """Store `media` (files are moved) and publish a new item (`Posted`)."""
         seq = await self._next_seq(owner["id"])
         media_key, poster_key = _file_keys(owner["id"], seq, media.ext)
         self.s.storage.put(media.path, media_key)
@@ -73,15 +86,12 @@ class StoryWriter:
             media_key=media_key, poster_key=poster_key, caption=caption, audience=audience,
             created_ms=now, expires_ms=now + self.s.lifetime_ms(lifetime_h),
         )  # fmt: skip
-        await self._publish_or_remove(owner, rec)
-        return rec
+        return await self._publish_or_remove(owner, rec)
 
-    async def _publish_or_remove(
-        self, owner: Json, rec: ItemRecord, shared: Json | None = None
-    ) -> None:
+    async def _publish_or_remove(self, owner: Json, rec: ItemRecord) -> Posted:
         """Publish `rec`; if that fails, delete its files so nothing half-written stays."""
         try:
-            await self._publish_new(owner, rec, shared)
+            return await self._publish_new(owner, rec)
         except BaseException:
             self.s.storage.delete(rec.media_key)
             self.s.storage.delete(rec.poster_key)
@@ -93,7 +103,8 @@ class StoryWriter:
         rec: ItemRecord,
         shared: Json | None = None,
         source: Source | None = None,
-    ) -> None:
+    ) -> Posted:
+        """Index `rec` and publish story.new in one script; returns it as its owner sees it."""
         item = render(rec, owner, self.s.signer, seen=False, view_count=None, shared_from=shared)
         event = events.story_new(
             rec.owner, rec.seq, rec.audience, rec.created_ms, rec.expires_ms, item,
@@ -108,9 +119,7 @@ class StoryWriter:
                 rec.member,
                 rec.expires_ms,
                 self._archive_until(rec.expires_ms),
-                k.stories_channel(rec.owner),
-                events.encode(event),
-                k.inbox_channel(rec.owner),
+                *self.s.bus.lifecycle_args(rec.owner, event),
                 *fields,
             ],
             client=pipe,
@@ -118,6 +127,7 @@ class StoryWriter:
         pipe.zadd(k.expiry_schedule(), {rec.id: rec.expires_ms})
         pipe.zadd(k.active_owners(), {rec.owner: rec.expires_ms}, gt=True)
         await pipe.execute()
+        return Posted(rec, {**item, "seen": True, "view_count": 0})
 
     async def share(
         self,
@@ -128,8 +138,8 @@ class StoryWriter:
         caption: str | None,
         audience: str,
         lifetime_h: int,
-    ) -> ItemRecord:
-        """Re-post `original` to `owner`'s story with attribution; returns the share's record.
+    ) -> Posted:
+        """Re-post `original` to `owner`'s story with attribution (the share, `Posted`).
 
         `original` and its root `source` were checked live and visible to `owner`.
         The share has no files of its own and expires no later than `source`. It is
@@ -151,14 +161,16 @@ class StoryWriter:
         pipe.pexpireat(index, self._archive_until(source.expires_ms))
         await pipe.execute()
         root_owner = await self.s.users.get(source.owner) or {"id": source.owner}
-        await self._publish_new(owner, rec, {"item_id": source.id, "owner": root_owner}, source)
+        posted = await self._publish_new(
+            owner, rec, {"item_id": source.id, "owner": root_owner}, source
+        )
         now_source = (await load_sources(self.s, [source.id])).get(source.id)
         if now_source is None or not now_source.is_live(self.s.clock.now_ms()):
             reason = now_source.end_reason(now) if now_source else "deleted"
             await self.end(rec, reason, self.s.clock.now_ms(), source=now_source or source)
         elif now_source.audience != source.audience:
             await self._tell_shares([rec.id], now_source, source.audience)
-        return rec
+        return posted
 
     async def end(
         self, rec: ItemRecord, reason: str, now_ms: int, source: Source | None = None
@@ -180,8 +192,8 @@ class StoryWriter:
         ended = await self.s.scripts.end_item(
             keys=[k.item(rec.owner, rec.seq), k.items(rec.owner), k.archive(rec.owner),
                   k.shares(rec.owner, rec.seq)],
-            args=[reason, now_ms, self._archive_until(now_ms), k.stories_channel(rec.owner),
-                  events.encode(event), k.inbox_channel(rec.owner)],
+            args=[reason, now_ms, self._archive_until(now_ms),
+                  *self.s.bus.lifecycle_args(rec.owner, event)],
         )  # fmt: skip
         pipe = self.s.redis.pipeline(transaction=False)
         pipe.zrem(k.expiry_schedule(), rec.id)
@@ -209,11 +221,8 @@ class StoryWriter:
         for share_id in share_ids:
             parsed = split_item_id(share_id)
             if parsed:
-                event = events.encode(
-                    events.story_source_audience(*parsed, source.as_json(), old_audience)
-                )
-                pipe.publish(self.s.keys.stories_channel(parsed[0]), event)
-                pipe.publish(self.s.keys.inbox_channel(parsed[0]), event)
+                event = events.story_source_audience(*parsed, source.as_json(), old_audience)
+                self.s.bus.lifecycle(pipe, parsed[0], event)
         await pipe.execute()
 
     async def delete(self, caller: str, rec: ItemRecord) -> None:
@@ -234,9 +243,7 @@ class StoryWriter:
             args=[
                 audience,
                 new.member,
-                k.stories_channel(rec.owner),
-                events.encode(event),
-                k.inbox_channel(rec.owner),
+                *self.s.bus.lifecycle_args(rec.owner, event),
             ],
         )
         if old is None:
