@@ -11,6 +11,8 @@ lint:
 	.venv/bin/ruff check server tests bench
 	.venv/bin/ruff format --check server tests bench
 	.venv/bin/mypy server
+	.venv/bin/mypy --strict server/core
+	.venv/bin/lint-imports
 
 bench:  ## run every benchmark; results in docs/benchmarks.md and bench/results/
 	scripts/bootstrap.sh test

@@ -14,7 +14,10 @@ fi
 echo "== ruff"
 .venv/bin/ruff check server tests bench
 .venv/bin/ruff format --check server tests bench
-echo "== mypy"
+echo "== mypy (strict on server/core)"
 .venv/bin/mypy server
+.venv/bin/mypy --strict server/core
+echo "== import layers"
+.venv/bin/lint-imports
 echo "== pytest"
 .venv/bin/python -m pytest "$@"

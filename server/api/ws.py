@@ -6,7 +6,7 @@ Sequence (PROTOCOL.md): accept; authenticate by `?token=` or a first frame
 until the socket closes. Malformed frames and floods close with 1008; frames
 over `ws_max_frame_bytes` close with 1009 (uvicorn enforces `ws_max_size`).
 While the process drains (SIGTERM) a handshake is refused before accept: HTTP
-503 with Retry-After (`drain.refuse`).
+503 with Retry-After (`refuse`).
 Signing in passes the hub's sign-in gate (`admission.py`): when too many
 sockets sign in at once the socket closes 1013 with `{"retry_after_ms"}`, as
 it does when Redis is unreachable.
@@ -19,23 +19,43 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import redis.exceptions
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from server.api.responses import problem_response
 from server.core import frames
 from server.core.auth import Principal
-from server.core.errors import StoriesError, Unauthorized
+from server.core.errors import Restarting, StoriesError, Unauthorized
+from server.core.settings import Settings
 from server.push import drain
 from server.push.admission import Busy, retry_reason
 from server.push.connection import Connection
 from server.push.wire import Wire, wire_for
-from server.services import Services
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 log = logging.getLogger("stories.ws")
+
+
+async def refuse(ws: WebSocket, settings: Settings) -> None:
+    """Answer a WebSocket handshake during a drain, before accepting it or signing anyone in.
+
+    With the ASGI `websocket.http.response` extension (uvicorn has it) the
+    client gets HTTP 503, `Retry-After` and a problem+json body. Without it the
+    socket is closed before accept, which servers answer with HTTP 403.
+    """
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        exc = Restarting(
+            "the server is restarting; connect again", retry_after_s=drain.retry_after_s(settings)
+        )
+        await ws.send_denial_response(problem_response(exc))
+    else:
+        await ws.close(frames.WS_1012_SERVICE_RESTART)
 
 
 class RateGate:
@@ -108,7 +128,7 @@ async def ws_endpoint(ws: _Socket, wire: Wire, receive: Receive) -> None:
     svc: Services = ws.app.state.services
     hub = svc.hub
     if hub.draining:  # before accept and any sign-in work: HTTP 503 with Retry-After
-        await drain.refuse(ws, svc.settings)
+        await refuse(ws, svc.settings)
         return
     await ws.accept()
     close = ws.close_quietly

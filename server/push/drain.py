@@ -47,11 +47,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-from starlette.websockets import WebSocket
 
-from server.api.responses import problem_response
 from server.core import frames
-from server.core.errors import Restarting
 from server.core.settings import Settings
 from server.push.connection import Close, Connection
 from server.push.sender import start_send
@@ -126,22 +123,6 @@ def retry_reason(settings: Settings, rand: Callable[[int], int] = random.randran
 def retry_after_s(settings: Settings) -> int:
     """`Retry-After` (whole seconds, at least 1) of a handshake refused while draining."""
     return max(1, math.ceil(settings.ws_reconnect_base_ms / 1000))
-
-
-async def refuse(ws: WebSocket, settings: Settings) -> None:
-    """Answer a WebSocket handshake during a drain, before accepting it or signing anyone in.
-
-    With the ASGI `websocket.http.response` extension (uvicorn has it) the
-    client gets HTTP 503, `Retry-After` and a problem+json body. Without it the
-    socket is closed before accept, which servers answer with HTTP 403.
-    """
-    if "websocket.http.response" in ws.scope.get("extensions", {}):
-        exc = Restarting(
-            "the server is restarting; connect again", retry_after_s=retry_after_s(settings)
-        )
-        await ws.send_denial_response(problem_response(exc))
-    else:
-        await ws.close(frames.WS_1012_SERVICE_RESTART)
 
 
 class Drain:
