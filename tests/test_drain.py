@@ -42,6 +42,7 @@ import psutil
 import websockets
 from starlette.websockets import WebSocket
 
+from server.api.ws import refuse
 from server.core import frames
 from server.core.auth import Authenticator
 from server.core.settings import Settings
@@ -51,7 +52,6 @@ from server.push.drain import (
     TEARDOWN_S,
     Budget,
     Drain,
-    refuse,
     retry_after_s,
     retry_reason,
 )
