@@ -180,6 +180,20 @@ async def _rollout(settings: Settings, args: argparse.Namespace, url: str) -> di
         await client.aclose()
 
 
+async def _deployment_secret(settings: Settings, url: str, name: str) -> bytes:
+    import redis.asyncio as aioredis
+
+    from server.core.keys import Keys
+    from server.store.secrets import deployment_secret
+
+    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return await deployment_secret(client, Keys(settings.redis_prefix), name,
+                                       settings.data_path.resolve())  # fmt: skip
+    finally:
+        await client.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -198,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("stories: a user id is 1-64 of [A-Za-z0-9_-]", file=sys.stderr)
                 return EXIT_CONFIG
 
-            print(Authenticator(settings).mint(args.user_id, int(time.time())))
+            secret = None
+            if settings.jwt_algorithm == "HS256" and not settings.jwt_secret:
+                with redis_for(settings, share=True) as url:
+                    secret = asyncio.run(_deployment_secret(settings, url, "jwt"))
+            print(Authenticator(settings, secret).mint(args.user_id, int(time.time())))
             return 0
         with redis_for(settings, share=True) as url:
             import orjson

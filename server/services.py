@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.core.auth import Authenticator, load_or_create_secret
+from server.core.auth import Authenticator
 from server.core.clock import Clock, SystemClock
 from server.core.keys import Keys
 from server.core.settings import Settings
@@ -27,6 +27,7 @@ from server.store.limits import Idempotency
 from server.store.rollout import Rollout
 from server.store.scratch import process_dir, sweep_data_dir
 from server.store.scripts import Scripts
+from server.store.secrets import deployment_secret
 from server.store.storage import LocalStorage
 from server.store.store import Store
 from server.store.users import UserStore
@@ -76,9 +77,12 @@ class Services:
         redis = redis_client(settings.redis_url, settings.redis_max_connections)
         keys = Keys(settings.redis_prefix)
         data = settings.data_path.resolve()
-        media_secret = (settings.media_secret or "").encode() or load_or_create_secret(
-            data, "media"
+        media_secret = (settings.media_secret or "").encode() or await deployment_secret(
+            redis, keys, "media", data
         )
+        jwt_secret = None
+        if settings.jwt_algorithm == "HS256" and not settings.jwt_secret:
+            jwt_secret = await deployment_secret(redis, keys, "jwt", data)
         store = Store(
             redis=redis, keys=keys, scripts=Scripts(redis), users=UserStore(redis, keys),
             graph=Graph(redis, keys), signer=MediaSigner(media_secret),
@@ -94,7 +98,7 @@ class Services:
                                   on_finished=publisher.finished, on_failed=publisher.failed)  # fmt: skip
         broker = Broker(redis, hub, keys.canary_channel(secrets.token_hex(6)))
         svc = cls(
-            settings=settings, store=store, auth=Authenticator(settings), writer=writer,
+            settings=settings, store=store, auth=Authenticator(settings, jwt_secret), writer=writer,
             reader=reader, seen=SeenBook(store, reader), rollout=Rollout(redis, keys.rollout()),
             idempotency=Idempotency(redis, keys), media=media, sweeper=Sweeper(store, writer), hub=hub, broker=broker, captures=captures,
             drain=Drain(hub, settings),

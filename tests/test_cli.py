@@ -172,6 +172,14 @@ def test_serve_end_to_end_second_server_and_sigterm(tmp_path):
             assert "in use" in second.stderr and "Traceback" not in second.stderr
             assert http.get("/readyz").status_code == 200  # the first is unharmed
 
+            # `stories token` signs with the deployment's secret, kept in its Redis
+            minted = stories("token", bob.id, "--data-dir", str(data), cwd=tmp_path)
+            assert minted.returncode == 0, minted.stderr
+            me = http.get(
+                "/api/v1/me", headers={"Authorization": f"Bearer {minted.stdout.strip()}"}
+            )
+            assert me.status_code == 200 and me.json()["id"] == bob.id
+
             # lifetime 3 s: gone from the tray, reads and media soon after
             wait_until(lambda: ann.get("/tray").json()["items"] == [], 8, "expiry")
             assert ann.get(f"/stories/{video['id']}").status_code == 404

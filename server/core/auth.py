@@ -9,7 +9,6 @@ id) and `exp` are required. Dev login mints HS256 tokens with the same secret.
 from __future__ import annotations
 
 import base64
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,24 +28,12 @@ class Principal:
     claims: dict[str, Any] = field(default_factory=dict)
 
 
-def load_or_create_secret(data_dir: Path, name: str) -> bytes:
-    """A random 32-byte secret kept in `<data_dir>/secrets/<name>` (created 0600)."""
-    path = data_dir / "secrets" / name
-    if path.exists():
-        return path.read_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32).encode()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(value)
-    tmp.chmod(0o600)
-    tmp.replace(path)
-    return path.read_bytes()
-
-
 class Authenticator:
     """Verifies tokens; mints dev tokens when the algorithm is HS256."""
 
-    def __init__(self, settings: Settings, now_s: Any = None) -> None:
+    def __init__(self, settings: Settings, secret: bytes | None = None) -> None:
+        """`secret`: the HS256 key when `settings.jwt_secret` is unset (the deployment's
+        generated one, `store.secrets`). Raises ValueError for HS256 with neither."""
         self.algorithm = settings.jwt_algorithm
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
@@ -56,10 +43,10 @@ class Authenticator:
         # tokens a second): HS256 as a PyJWK bound to its algorithm, RS256/ES256 as the
         # parsed public key (PyJWT would otherwise parse the PEM on every call).
         if self.algorithm == "HS256":
-            secret = settings.jwt_secret
-            self._secret: bytes = (
-                secret.encode() if secret else load_or_create_secret(settings.data_path, "jwt")
-            )
+            key = settings.jwt_secret.encode() if settings.jwt_secret else secret
+            if not key:
+                raise ValueError("HS256 needs jwt_secret or the deployment's generated secret")
+            self._secret: bytes = key
             k = base64.urlsafe_b64encode(self._secret).rstrip(b"=").decode()
             self._verify_key: Any = jwt.PyJWK({"kty": "oct", "k": k}, algorithm="HS256")
         else:

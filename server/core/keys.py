@@ -105,6 +105,10 @@ class Keys:
     def demo_seeded(self) -> str:
         return f"{self.p}demo:seeded"
 
+    def deployment_secret(self, name: str) -> str:
+        """A secret every process and host on this Redis shares (`store/secrets.py`)."""
+        return f"{self.p}secret:{name}"
+
     # channels
     def stories_channel(self, owner: str) -> str:
         """Lifecycle of an owner's items (story.new, story.removed, audience changes).

@@ -27,7 +27,7 @@ class Settings:
     host: str = "127.0.0.1"  # interface to bind
     port: int = 8000  # TCP port
     workers: int = 1  # uvicorn worker processes
-    data_dir: str = "./var"  # media files, embedded Redis data, generated secrets
+    data_dir: str = "./var"  # media files, embedded Redis data
     log_level: str = "info"  # debug | info | warning | error
     # --- redis ---
     redis_url: str | None = None  # None: start an embedded redis-server under data_dir
@@ -38,7 +38,7 @@ class Settings:
     dev_login: bool = False  # enable POST /api/v1/auth/dev-login (never in production)
     demo: bool = False  # seed demo users and stories; implies dev_login
     jwt_algorithm: str = "HS256"  # HS256 | RS256 | ES256; pinned, nothing else is accepted
-    jwt_secret: str | None = None  # HS256 secret; None: generated once into data_dir
+    jwt_secret: str | None = None  # HS256 secret; None: generated once, kept in Redis
     jwt_public_key_file: str | None = None  # PEM public key for RS256/ES256
     jwt_audience: str | None = None  # required `aud` claim; None: not checked
     jwt_issuer: str | None = None  # required `iss` claim; None: not checked
@@ -77,7 +77,7 @@ class Settings:
     media_workers: int = 2  # threads for image/video processing
     media_queue: int = 8  # media jobs waiting beyond the workers; beyond: 503
     media_memory_budget_bytes: int = 1024**3  # bytes media jobs hold at once; one needing more: 422
-    media_secret: str | None = None  # HMAC key of media URLs; None: generated into data_dir
+    media_secret: str | None = None  # HMAC key of media URLs; None: generated once, kept in Redis
     # --- live capture ---
     capture_max_duration_ms: int = 15_000  # cap per captured segment, at most 60000
     # live captures per process; beyond: 429. Each takes about 0.45 of a core (720x1280
