@@ -49,7 +49,7 @@ async def seed_demo(svc: Services) -> None:
     limits = MediaLimits.from_settings(store.settings)
     for owner, name, caption, audience, hours in STORIES:
         created = now if store.settings.lifetime_seconds else now - int(hours * HOUR_MS)
-        async with workdir(store.storage.tmp_dir()) as folder:
+        async with workdir(store.tmp_dir()) as folder:
             src = folder / "src"
             shutil.copyfile(MEDIA_DIR / name, src)
             media = await svc.media.process(src, folder, limits)

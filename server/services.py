@@ -28,7 +28,7 @@ from server.store.rollout import Rollout
 from server.store.scratch import process_dir, sweep_data_dir
 from server.store.scripts import Scripts
 from server.store.secrets import deployment_secret
-from server.store.storage import LocalStorage
+from server.store.storage import LocalStorage, Storage
 from server.store.store import Store
 from server.store.users import UserStore
 from server.stories.reader import StoryReader
@@ -45,6 +45,23 @@ def capture_config(settings: Settings) -> CaptureConfig:
         max_duration_ms=settings.capture_max_duration_ms,
         max_concurrent=settings.capture_max_concurrent,
         ice_servers=[{"urls": url} for url in settings.capture_ice_servers],
+    )
+
+
+def media_storage(settings: Settings) -> Storage:
+    """Local files under the data dir, or the object store of `object_store_url`."""
+    if not settings.object_store_url:
+        return LocalStorage(settings.data_path.resolve())
+    from server.store.objects import ObjectStorage, s3_store
+
+    return ObjectStorage(
+        s3_store(
+            settings.object_store_url,
+            endpoint=settings.s3_endpoint,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+        )
     )
 
 
@@ -86,8 +103,8 @@ class Services:
         store = Store(
             redis=redis, keys=keys, scripts=Scripts(redis), users=UserStore(redis, keys),
             graph=Graph(redis, keys), signer=MediaSigner(media_secret),
-            storage=LocalStorage(data), clock=clock or SystemClock(), settings=settings,
-        )  # fmt: skip
+            storage=media_storage(settings), clock=clock or SystemClock(), settings=settings,
+        )
         writer, reader = StoryWriter(store), StoryReader(store)
         hub = Hub(store, reader)
         media = MediaPool(settings.media_workers, settings.media_queue,
@@ -102,7 +119,7 @@ class Services:
             reader=reader, seen=SeenBook(store, reader), rollout=Rollout(redis, keys.rollout()),
             idempotency=Idempotency(redis, keys), media=media, sweeper=Sweeper(store, writer), hub=hub, broker=broker, captures=captures,
             drain=Drain(hub, settings),
-        )  # fmt: skip
+        )
         hub.bind(broker)
         await broker.start()
         svc.readiness["pubsub"] = broker.readiness

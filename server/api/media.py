@@ -9,15 +9,23 @@ outlives the URL.
 Range requests (RFC 9110 section 14) are judged here (`parse.byte_ranges`),
 so their errors are problem+json like every other: 400 for a malformed range
 set, 416 with `Content-Range: bytes */<size>` when nothing is satisfiable.
-Starlette's `FileResponse` then serves exactly the ranges we accepted.
+
+Local files: Starlette's `FileResponse` serves exactly the ranges we accepted
+(multipart/byteranges for several). Object store (`object_store_url`): one range
+is a ranged GET streamed through (206); a request for several ranges gets the
+whole file (200, which RFC 9110 section 14.2 allows); with `media_redirect` the
+answer is instead a 302 to a URL the object store signed, valid no longer than
+ours, after the same checks. A store that does not answer is a 503.
 """
 
 from __future__ import annotations
 
+from email.utils import formatdate
+from pathlib import Path
 from stat import S_ISREG
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -25,6 +33,9 @@ from server.api.common import services
 from server.core import parse
 from server.core.errors import NotFound
 from server.core.signing import VARIANTS
+from server.store.storage import Storage
+
+MAX_PRESIGN_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 
 
 class _RangedFile(FileResponse):
@@ -44,21 +55,70 @@ class _RangedFile(FileResponse):
         await super().__call__({**scope, "headers": headers}, receive, send)
 
 
-def _accepted_range(request: Request, response: FileResponse, size: int) -> str | None:
-    """The canonical Range to serve, None for the whole file. Raises 400 / 416."""
+def _accepted_ranges(
+    request: Request, validators: tuple[str | None, ...], size: int
+) -> list[tuple[int, int]] | None:
+    """The ranges to serve, `[(first, last)]` inclusive; None for the whole file.
+
+    `validators` are the response's ETag and Last-Modified, which an If-Range
+    must match exactly (RFC 9110 section 13.1.5), else the whole file is sent.
+    Raises BadRequest (400) / RangeNotSatisfiable (416).
+    """
     raw = request.headers.get("range")
     if raw is None or request.method not in ("GET", "HEAD"):
         return None
     if_range = request.headers.get("if-range")
-    if if_range is not None and if_range not in (  # RFC 9110 13.1.5: strong match, else 200
-        response.headers.get("etag"),
-        response.headers.get("last-modified"),
-    ):
+    if if_range is not None and if_range not in validators:
         return None
-    ranges = parse.byte_ranges(raw, size)
-    if ranges is None:
-        return None
-    return "bytes=" + ",".join(f"{first}-{last}" for first, last in ranges)
+    return parse.byte_ranges(raw, size)
+
+
+def _local(request: Request, path: Path, media_type: str, headers: dict[str, str]) -> Response:
+    """A local file, with the Range we accepted (Starlette does the sending)."""
+    try:
+        stat = path.stat()  # one stat, local disk
+    except FileNotFoundError:
+        raise NotFound("no such media") from None
+    if not S_ISREG(stat.st_mode):
+        raise NotFound("no such media")
+    response = _RangedFile(path, media_type=media_type, headers=headers, stat_result=stat)
+    validators = (response.headers.get("etag"), response.headers.get("last-modified"))
+    ranges = _accepted_ranges(request, validators, stat.st_size)
+    if ranges is not None:
+        response.range_header = "bytes=" + ",".join(f"{a}-{b}" for a, b in ranges)
+    return response
+
+
+async def _stored(
+    request: Request,
+    storage: Storage,
+    key: str,
+    media_type: str,
+    headers: dict[str, str],
+    redirect_s: int | None,
+) -> Response:
+    """A file of the object store: 302 to a presigned URL, or streamed (200 / 206)."""
+    found = await storage.stat(key)
+    if found is None:
+        raise NotFound("no such media")
+    if redirect_s is not None:
+        url = storage.presign(key, min(redirect_s, MAX_PRESIGN_S))
+        if url is not None:
+            return RedirectResponse(url, status_code=302, headers=headers)
+    last_modified = formatdate(found.modified_s, usegmt=True)
+    headers = {**headers, "Accept-Ranges": "bytes", "Last-Modified": last_modified}
+    if found.etag:
+        headers["ETag"] = found.etag
+    ranges = _accepted_ranges(request, (found.etag, last_modified), found.size)
+    first, last, status = 0, found.size - 1, 200
+    if ranges is not None and len(ranges) == 1:
+        (first, last), status = ranges[0], 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{found.size}"
+    headers["Content-Length"] = str(last - first + 1)
+    if request.method == "HEAD" or found.size == 0:
+        return Response(status_code=status, media_type=media_type, headers=headers)
+    body = storage.read(key, first, last)
+    return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)
 
 
 async def media(request: Request) -> Response:
@@ -84,25 +144,15 @@ async def media(request: Request) -> Response:
     if rec is None:
         raise NotFound("no such media")
     key = rec.media_key if variant == "file" else rec.poster_key
-    path = svc.store.storage.path(key)
-    try:
-        stat = path.stat()  # one stat, local disk
-    except FileNotFoundError:
-        raise NotFound("no such media") from None
-    if not S_ISREG(stat.st_mode):
-        raise NotFound("no such media")
     max_age = max(0, (exp - now) // 1000)
-    response = _RangedFile(
-        path,
-        media_type=rec.mime if variant == "file" else "image/jpeg",
-        headers={
-            "Cache-Control": f"private, max-age={max_age}",
-            "X-Content-Type-Options": "nosniff",
-        },
-        stat_result=stat,
-    )
-    response.range_header = _accepted_range(request, response, stat.st_size)
-    return response
+    media_type = rec.mime if variant == "file" else "image/jpeg"
+    headers = {"Cache-Control": f"private, max-age={max_age}", "X-Content-Type-Options": "nosniff"}
+    storage = svc.store.storage
+    path = storage.local_path(key)
+    if path is not None:
+        return _local(request, path, media_type, headers)
+    redirect_s = max_age if svc.settings.media_redirect else None
+    return await _stored(request, storage, key, media_type, headers, redirect_s)
 
 
 routes = [Route("/media/{item}/{variant}", media, methods=["GET", "HEAD"])]

@@ -58,7 +58,7 @@ async def post_story(request: Request) -> Response:
     limits = MediaLimits.from_settings(s)
 
     async def run() -> tuple[int, Any]:
-        async with workdir(svc.store.storage.tmp_dir()) as folder:
+        async with workdir(svc.store.tmp_dir()) as folder:
             form = await read_post_form(request, folder, s.max_upload_bytes)
             caption = check_caption(form.caption, s.max_caption_chars)
             audience = check_audience(form.audience)

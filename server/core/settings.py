@@ -78,6 +78,13 @@ class Settings:
     media_queue: int = 8  # media jobs waiting beyond the workers; beyond: 503
     media_memory_budget_bytes: int = 1024**3  # bytes media jobs hold at once; one needing more: 422
     media_secret: str | None = None  # HMAC key of media URLs; None: generated once, kept in Redis
+    # --- media storage ---
+    object_store_url: str | None = None  # s3://bucket[/prefix]; None: files under data_dir/media
+    s3_endpoint: str | None = None  # S3-compatible server, e.g. http://127.0.0.1:8333; None: AWS
+    s3_region: str = "us-east-1"  # region the requests are signed for
+    s3_access_key_id: str | None = None  # None: AWS_* environment or instance credentials
+    s3_secret_access_key: str | None = None  # None: AWS_* environment or instance credentials
+    media_redirect: bool = False  # object store only: media URLs answer 302 to a presigned URL
     # --- live capture ---
     capture_max_duration_ms: int = 15_000  # cap per captured segment, at most 60000
     # live captures per process; beyond: 429. Each takes about 0.45 of a core (720x1280
@@ -203,5 +210,9 @@ def validate(settings: Settings) -> None:
         raise ValueError("ws_sign_in_queue must be 0 or more")
     if settings.ws_idle_timeout_s <= settings.ws_ping_interval_s:
         raise ValueError("ws_idle_timeout_s must be longer than ws_ping_interval_s")
+    if settings.object_store_url and not settings.object_store_url.startswith("s3://"):
+        raise ValueError("object_store_url must be s3://bucket[/prefix]")
+    if settings.media_redirect and not settings.object_store_url:
+        raise ValueError("media_redirect needs object_store_url: local files have no other URL")
     if settings.lifetime_seconds is not None and settings.lifetime_seconds <= 0:
         raise ValueError("lifetime_seconds must be positive")

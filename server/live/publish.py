@@ -46,7 +46,7 @@ class CapturePublisher:
         try:
             if user is None:
                 raise NotFound("the capturing user no longer exists")
-            async with workdir(self.store.storage.tmp_dir()) as folder:
+            async with workdir(self.store.tmp_dir()) as folder:
                 media = await self.media.process(Path(result.path), folder, self.limits)
                 posted = await self.writer.create(
                     user, media, caption=capture.meta.get("caption"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from redis.asyncio import Redis
 
@@ -13,7 +14,7 @@ from server.core.signing import MediaSigner
 from server.store.bus import Bus
 from server.store.graph import Graph
 from server.store.scripts import Scripts
-from server.store.storage import LocalStorage
+from server.store.storage import Storage
 from server.store.users import UserStore
 
 
@@ -30,13 +31,19 @@ class Store:
     users: UserStore
     graph: Graph
     signer: MediaSigner
-    storage: LocalStorage
+    storage: Storage
     clock: Clock
     settings: Settings
     bus: Bus = field(init=False)
 
     def __post_init__(self) -> None:
         self.bus = Bus(self.redis, self.keys)
+
+    def tmp_dir(self) -> Path:
+        """The root of upload scratch folders: `<data_dir>/tmp`, beside local media."""
+        path = self.settings.data_path.resolve() / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def lifetime_ms(self, lifetime_h: int) -> int:
         """Item lifetime; `settings.lifetime_seconds` overrides every lifetime when set."""

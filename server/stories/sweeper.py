@@ -22,6 +22,7 @@ import secrets
 import redis.exceptions
 
 from server.core.backoff import Backoff, raise_if_cancelling
+from server.core.errors import StorageUnavailable
 from server.core.items import ItemRecord
 from server.core.keys import split_item_id
 from server.store.store import Store
@@ -98,19 +99,13 @@ class Sweeper:
             if parsed:
                 rec = ItemRecord.from_hash(await self.s.redis.hgetall(self.s.keys.item(*parsed)))
                 if rec is not None and rec.status != "active":
-                    for file_key in (rec.media_key, rec.poster_key):
-                        if file_key:  # a share has none: its media is its source's
-                            self.s.storage.delete(file_key)
-                elif rec is None:
-                    self._delete_by_prefix(*parsed)
+                    # a share has no files: its media is its source's
+                    await self.s.storage.delete([k for k in (rec.media_key, rec.poster_key) if k])
+                elif rec is None:  # the record is gone (its hash expired): files by name
+                    owner, seq = parsed
+                    await self.s.storage.delete_prefix(f"media/{owner}/{seq}-")
             await self.s.redis.zrem(key, raw)
         return 0
-
-    def _delete_by_prefix(self, owner: str, seq: int) -> None:
-        """The record is gone (its hash expired): remove files by their name prefix."""
-        folder = self.s.storage.path(f"media/{owner}")
-        for path in folder.glob(f"{seq}-*") if folder.is_dir() else []:
-            path.unlink(missing_ok=True)
 
     async def run(self) -> None:
         """Sweep forever; Redis errors back off with jitter, cancellation propagates."""
@@ -126,8 +121,9 @@ class Sweeper:
                 redis.exceptions.ConnectionError,
                 redis.exceptions.TimeoutError,
                 OSError,
+                StorageUnavailable,
             ) as exc:
-                log.warning("sweeper: redis unavailable (%s)", exc)
+                log.warning("sweeper: redis or media storage unavailable (%s)", exc)
                 delay = backoff.next_delay()
             except Exception:
                 log.exception("sweeper pass failed")

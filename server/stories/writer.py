@@ -77,8 +77,12 @@ class StoryWriter:
         """Store `media` (files are moved) and publish a new item (`Posted`)."""
         seq = await self._next_seq(owner["id"])
         media_key, poster_key = _file_keys(owner["id"], seq, media.ext)
-        self.s.storage.put(media.path, media_key)
-        self.s.storage.put(media.poster_path, poster_key)
+        await self.s.storage.put(media.path, media_key, media.mime)
+        try:
+            await self.s.storage.put(media.poster_path, poster_key, "image/jpeg")
+        except BaseException:
+            await self.s.storage.delete([media_key])
+            raise
         now = self.s.clock.now_ms() if created_ms is None else created_ms
         rec = ItemRecord(
             owner=owner["id"], seq=seq, source=source, kind=media.kind, mime=media.mime,
@@ -93,8 +97,7 @@ class StoryWriter:
         try:
             return await self._publish_new(owner, rec)
         except BaseException:
-            self.s.storage.delete(rec.media_key)
-            self.s.storage.delete(rec.poster_key)
+            await self.s.storage.delete([rec.media_key, rec.poster_key])
             raise
 
     async def _publish_new(
