@@ -50,7 +50,7 @@ import orjson
 from starlette.websockets import WebSocket
 
 from server.api.responses import problem_response
-from server.core import frames
+from server.core import codes
 from server.core.errors import Restarting
 from server.core.settings import Settings
 from server.push.connection import Close, Connection
@@ -141,7 +141,7 @@ async def refuse(ws: WebSocket, settings: Settings) -> None:
         )
         await ws.send_denial_response(problem_response(exc))
     else:
-        await ws.close(frames.WS_1012_SERVICE_RESTART)
+        await ws.close(codes.WS_1012_SERVICE_RESTART)
 
 
 class Drain:
@@ -198,7 +198,7 @@ class Drain:
         """Write one 1012 close now; the task that finishes it if the socket must drain first."""
         self.closed += 1
         return start_send(
-            _awaited(close(frames.WS_1012_SERVICE_RESTART, retry_reason(self.settings)))
+            _awaited(close(codes.WS_1012_SERVICE_RESTART, retry_reason(self.settings)))
         )
 
     async def _close_when_flushed(
