@@ -12,6 +12,8 @@
 // Connection states: 'offline' (not started / signed out), 'connecting', 'connected',
 // 'reconnecting'.
 
+import { CLOSE, LOCAL } from './codes.js';
+
 export const TOKEN_KEY = 'stories.token';
 
 /** An HTTP error; `message` is the problem+json `detail` when the server sent one. */
@@ -44,13 +46,14 @@ export function backoffDelay(attempt, { baseMs = 500, capMs = 30000, random = Ma
  * → {reconnect: false, signOut: true} for 4001; else {reconnect: true, delay, countsAsFailure}.
  */
 export function closePlan(code, reason, attempt, random = Math.random) {
-  if (code === 4001) return { reconnect: false, signOut: true };
+  if (code === CLOSE.WS_4001_UNAUTHORIZED) return { reconnect: false, signOut: true };
   let suggested = null; // a 1012 (restart) or 1013 (busy) may say how long to wait
   try {
     const ms = JSON.parse(reason || 'null')?.retry_after_ms;
     if (Number.isFinite(ms) && ms >= 0) suggested = Math.min(ms, 300000);
   } catch { /* reason was not JSON */ }
-  if (code === 1012 || (code === 1013 && suggested !== null)) {
+  const busy = code === CLOSE.WS_1013_TRY_AGAIN_LATER && suggested !== null;
+  if (code === CLOSE.WS_1012_SERVICE_RESTART || busy) {
     // Service restart, or too many sockets signing in at once: not our fault; come back
     // after a jittered delay, never before the server's suggested wait.
     const delay = suggested === null
@@ -293,7 +296,7 @@ export class StoriesClient extends EventTarget {
     this._timers = {};
     const ws = this._ws;
     this._ws = null;
-    if (ws) { this._detach(ws); ws.close(1000, 'bye'); }
+    if (ws) { this._detach(ws); ws.close(CLOSE.WS_1000_NORMAL_CLOSURE, 'bye'); }
     this._setState('offline');
   }
 
@@ -314,7 +317,7 @@ export class StoriesClient extends EventTarget {
     try {
       ws = new WebSocket(url);
     } catch {
-      this._scheduleReconnect(1006, '');
+      this._scheduleReconnect(LOCAL.WS_1006_ABNORMAL_CLOSURE, '');
       return;
     }
     this._ws = ws;
@@ -323,7 +326,9 @@ export class StoriesClient extends EventTarget {
       if (this.wsAuth === 'frame') ws.send(JSON.stringify({ op: 'auth', token: this.token }));
       this._lastFrameAt = Date.now();
       // No hello within 10 s: treat as dead.
-      this._timers.hello = setTimeout(() => { if (!this._helloAt) this._drop(ws, 4000, ''); }, 10000);
+      this._timers.hello = setTimeout(() => {
+        if (!this._helloAt) this._drop(ws, LOCAL.WS_4000_CLIENT_GAVE_UP, '');
+      }, 10000);
     };
     ws.onmessage = (ev) => this._onMessage(ev.data);
     ws.onclose = (ev) => this._drop(ws, ev.code, ev.reason);
@@ -341,7 +346,7 @@ export class StoriesClient extends EventTarget {
     if (ws !== this._ws) return;
     this._detach(ws);
     this._ws = null;
-    if (ws.readyState < WebSocket.CLOSING) ws.close(4000, 'client gave up');
+    if (ws.readyState < WebSocket.CLOSING) ws.close(LOCAL.WS_4000_CLIENT_GAVE_UP, 'client gave up');
     if (!this._wanted) return this._setState('offline');
     if (this._helloAt && Date.now() - this._helloAt >= this.opts.healthyMs) this._attempt = 0;
     this._scheduleReconnect(code, reason);
@@ -410,7 +415,7 @@ export class StoriesClient extends EventTarget {
     const ws = this._ws;
     this._timers.ping = setInterval(() => {
       if (Date.now() - this._lastFrameAt > this.opts.pingMs + 10000) {
-        this._drop(ws, 4000, ''); // nothing heard, not even a pong: the link is dead
+        this._drop(ws, LOCAL.WS_4000_CLIENT_GAVE_UP, ''); // nothing heard, not even a pong: dead
       } else if (ws.readyState === WebSocket.OPEN) {
         ws.send(JSON.stringify({ op: 'ping' }));
       }

@@ -32,7 +32,7 @@ from server.api import stories as http_stories
 from server.api import users as http_users
 from server.api.responses import problem_response
 from server.core.clock import Clock
-from server.core.errors import ServiceUnavailable, StoriesError
+from server.core.errors import HttpError, ServiceUnavailable, StoriesError
 from server.core.settings import Settings
 from server.push import drain
 from server.services import Services
@@ -48,10 +48,7 @@ async def _stories_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    err = StoriesError(str(exc.detail))
-    err.status, err.title = exc.status_code, str(exc.detail)
-    err.slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-    return problem_response(err)
+    return problem_response(HttpError(exc.status_code, str(exc.detail)))
 
 
 async def _redis_down(request: Request, exc: Exception) -> Response:

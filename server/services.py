@@ -101,9 +101,15 @@ class Services:
         if settings.jwt_algorithm == "HS256" and not settings.jwt_secret:
             jwt_secret = await deployment_secret(redis, keys, "jwt", data)
         store = Store(
-            redis=redis, keys=keys, scripts=Scripts(redis), users=UserStore(redis, keys),
-            graph=Graph(redis, keys), signer=MediaSigner(media_secret),
-            storage=media_storage(settings), clock=clock or SystemClock(), settings=settings,
+            redis=redis,
+            keys=keys,
+            scripts=Scripts(redis),
+            users=UserStore(redis, keys),
+            graph=Graph(redis, keys),
+            signer=MediaSigner(media_secret),
+            storage=media_storage(settings),
+            clock=clock or SystemClock(),
+            settings=settings,
         )
         writer, reader = StoryWriter(store), StoryReader(store)
         hub = Hub(store, reader)
@@ -115,9 +121,19 @@ class Services:
                                   on_finished=publisher.finished, on_failed=publisher.failed)  # fmt: skip
         broker = Broker(redis, hub, keys.canary_channel(secrets.token_hex(6)))
         svc = cls(
-            settings=settings, store=store, auth=Authenticator(settings, jwt_secret), writer=writer,
-            reader=reader, seen=SeenBook(store, reader), rollout=Rollout(redis, keys.rollout()),
-            idempotency=Idempotency(redis, keys), media=media, sweeper=Sweeper(store, writer), hub=hub, broker=broker, captures=captures,
+            settings=settings,
+            store=store,
+            auth=Authenticator(settings, jwt_secret),
+            writer=writer,
+            reader=reader,
+            seen=SeenBook(store, reader),
+            rollout=Rollout(redis, keys.rollout()),
+            idempotency=Idempotency(redis, keys),
+            media=media,
+            sweeper=Sweeper(store, writer),
+            hub=hub,
+            broker=broker,
+            captures=captures,
             drain=Drain(hub, settings),
         )
         hub.bind(broker)

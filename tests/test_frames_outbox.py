@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from server.core.frames import Encoded, Op, ProtocolError, encode, pack, parse_op
+from server.core.errors import ProtocolError
+from server.core.frames import Encoded, Op, encode, pack, parse_op
 from server.core.outbox import Outbox, ViewCountCoalescer
 
 

@@ -27,9 +27,9 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.api.responses import problem_response
-from server.core import frames
+from server.core import codes, frames
 from server.core.auth import Principal
-from server.core.errors import Restarting, StoriesError, Unauthorized
+from server.core.errors import ProtocolError, Restarting, StoriesError, Unauthorized
 from server.core.settings import Settings
 from server.push import drain
 from server.push.admission import Busy, retry_reason
@@ -55,7 +55,7 @@ async def refuse(ws: WebSocket, settings: Settings) -> None:
         )
         await ws.send_denial_response(problem_response(exc))
     else:
-        await ws.close(frames.WS_1012_SERVICE_RESTART)
+        await ws.close(codes.WS_1012_SERVICE_RESTART)
 
 
 class RateGate:
@@ -92,7 +92,7 @@ async def _authenticate(ws: WebSocket, svc: Services) -> Principal:
         try:
             text = await asyncio.wait_for(ws.receive_text(), svc.settings.ws_auth_timeout_s)
             op = frames.parse_op(text)
-        except (TimeoutError, frames.ProtocolError, KeyError):
+        except (TimeoutError, ProtocolError, KeyError):
             raise Unauthorized("authenticate with ?token= or a first auth frame") from None
         if op.name != "auth":
             raise Unauthorized("the first frame must be auth")
@@ -137,7 +137,7 @@ async def ws_endpoint(ws: _Socket, wire: Wire, receive: Receive) -> None:
         principal = await _authenticate(ws, svc)
     except (StoriesError, WebSocketDisconnect) as exc:
         hub.signing_in.discard(close)
-        await ws.close_quietly(frames.WS_4001_UNAUTHORIZED, getattr(exc, "detail", "unauthorized"))
+        await ws.close_quietly(codes.WS_4001_UNAUTHORIZED, getattr(exc, "detail", "unauthorized"))
         return
     conn = Connection({"id": principal.user_id}, wire, close, svc.settings.ws_send_queue_bytes)
     try:
@@ -156,7 +156,7 @@ async def ws_endpoint(ws: _Socket, wire: Wire, receive: Receive) -> None:
         pass
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         reason = retry_reason(svc.settings, "storage unavailable")
-        await ws.close_quietly(frames.WS_1013_TRY_AGAIN_LATER, reason)
+        await ws.close_quietly(codes.WS_1013_TRY_AGAIN_LATER, reason)
     finally:
         hub.signing_in.discard(close)
         await hub.detach(conn)
@@ -180,7 +180,7 @@ async def _sign_in(ws: _Socket, svc: Services, conn: Connection, claims: dict[st
                                             server_time=frames.rfc3339(now)))  # fmt: skip
             await hub.attach(conn)
     except Busy as exc:
-        await ws.close_quietly(frames.WS_1013_TRY_AGAIN_LATER, retry_reason(svc.settings, str(exc)))
+        await ws.close_quietly(codes.WS_1013_TRY_AGAIN_LATER, retry_reason(svc.settings, str(exc)))
         return False
     return not conn.closing
 
@@ -191,18 +191,18 @@ async def _on_frame(
     """Check and run one client frame; False when it closed the socket."""
     text = message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace")
     if len(text) > svc.settings.ws_max_frame_bytes:
-        await ws.close_quietly(frames.WS_1009_MESSAGE_TOO_BIG, "frame too big")
+        await ws.close_quietly(codes.WS_1009_MESSAGE_TOO_BIG, "frame too big")
         return False
     if not gate.allow():
-        await ws.close_quietly(frames.WS_1008_POLICY_VIOLATION, "too many frames")
+        await ws.close_quietly(codes.WS_1008_POLICY_VIOLATION, "too many frames")
         return False
     try:
         op = frames.parse_op(text)
-    except frames.ProtocolError as exc:
-        await ws.close_quietly(frames.WS_1008_POLICY_VIOLATION, str(exc))
+    except ProtocolError as exc:
+        await ws.close_quietly(exc.close_code, exc.detail)
         return False
     if op.name == "auth":  # only ever the first frame
-        await ws.close_quietly(frames.WS_1008_POLICY_VIOLATION, "already signed in")
+        await ws.close_quietly(codes.WS_1008_POLICY_VIOLATION, "already signed in")
         return False
     await _handle(svc, conn, op)
     return True
@@ -227,4 +227,4 @@ async def _handle(svc: Services, conn: Connection, op: frames.Op) -> None:
         except Exception:  # the socket's 500: never a dropped connection without a close frame
             log.exception("unhandled error on a %s op", op.name)
             conn.closing = True  # nothing more is sent or read on it
-            await conn.close(frames.WS_1011_INTERNAL_ERROR, "server error")
+            await conn.close(codes.WS_1011_INTERNAL_ERROR, "server error")

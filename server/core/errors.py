@@ -1,14 +1,22 @@
 """One error vocabulary: a small exception tree mapped to problem+json (RFC 9457).
 
-Every error the API reports is a `StoriesError` subclass carrying its HTTP
-status, a problem `type` slug and a human `detail`. `app.py` maps them to
+Every error reported to a client is a `StoriesError` subclass carrying its HTTP
+status, a problem `type` slug, a human `detail` and the WebSocket close code it
+ends a socket with when it must (`codes.py`). `app.py` maps them to
 `application/problem+json` in one place; nothing else builds error bodies.
 Problem types are relative URIs `/problems/<slug>` (RFC 9457 section 3.1.1).
+
+One tree, not one per transport: a refused `seen` op over `/ws` answers an
+`error` frame with the same `status` and `detail` as `POST /stories/{id}/seen`,
+so each error is described once, for both. `close_code` matters only where an
+error ends a socket: `ProtocolError` 1008, `Unauthorized` 4001, a bug 1011.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from server.core import codes
 
 PROBLEM_BASE = "/problems/"
 
@@ -18,12 +26,15 @@ class StoriesError(Exception):
 
     Attributes: `status` (HTTP status), `slug` (problem type suffix), `title`,
     `detail` (human text), `errors` (field problems, `[{"field", "detail"}]`),
-    `headers` (extra response headers, e.g. Retry-After).
+    `headers` (extra response headers, e.g. Retry-After), `close_code` (the
+    WebSocket close code, `codes.WS_*`, when the error ends a socket).
+    Instantiated directly it is a server fault: 500, or close 1011.
     """
 
     status = 500
     slug = "internal"
     title = "Internal error"
+    close_code = codes.WS_1011_INTERNAL_ERROR
 
     def __init__(
         self,
@@ -54,12 +65,43 @@ class StoriesError(Exception):
         return body
 
 
+class HttpError(StoriesError):
+    """An HTTP error raised by the framework, not by us: Starlette's 404 for an
+    unknown route or file, its 405 for a method a route does not take.
+
+    `status` is the framework's status code and `detail` its text (Starlette's
+    default is the status phrase, "Method Not Allowed"), which is the title too;
+    the slug is `not-found` (404), `method-not-allowed` (405) or `http-error`.
+    """
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = detail
+        self.slug = _FRAMEWORK_SLUGS.get(status, "http-error")
+
+
+_FRAMEWORK_SLUGS = {404: "not-found", 405: "method-not-allowed"}
+
+
 class BadRequest(StoriesError):
     status, slug, title = 400, "malformed", "Malformed request"
 
 
+class ProtocolError(BadRequest):
+    """A client frame on `/ws` that breaks the protocol (`frames.parse_op`): close 1008.
+
+    A `BadRequest`, because it is the socket's malformed request: had it come
+    over HTTP it would be a 400; over `/ws` it ends the socket with
+    `close_code` and `detail` as the close reason.
+    """
+
+    close_code = codes.WS_1008_POLICY_VIOLATION
+
+
 class Unauthorized(StoriesError):
     status, slug, title = 401, "unauthorized", "Missing or invalid token"
+    close_code = codes.WS_4001_UNAUTHORIZED
 
 
 class Forbidden(StoriesError):

@@ -1,9 +1,10 @@
-"""The WebSocket wire format: close codes, client ops, server frames. Pure functions.
+"""The WebSocket wire format: client ops and server frames. Pure functions.
 
 Client → server frames are JSON objects with an `op`: `auth` (only as the first
 frame), `seen` and `ping`. Server → client frames are JSON objects with `type`
 and `ts`; several queued frames may be packed into one JSON array (see
-`pack`). Close codes are named with their number, as Starlette's `status.py` does.
+`pack`). A malformed client frame raises `ProtocolError` (`errors.py`); the
+close codes are in `codes.py`.
 
 Server frames are `Encoded`: the JSON bytes of one event (or a packed array),
 made once per process and shared by every recipient (DESIGN.md, "serialize once").
@@ -19,19 +20,9 @@ import orjson
 from websockets.frames import Frame, Opcode
 
 from server.core.clock import rfc3339
-
-WS_1008_POLICY_VIOLATION = 1008
-WS_1009_MESSAGE_TOO_BIG = 1009
-WS_1011_INTERNAL_ERROR = 1011
-WS_1012_SERVICE_RESTART = 1012
-WS_1013_TRY_AGAIN_LATER = 1013
-WS_4001_UNAUTHORIZED = 4001
+from server.core.errors import ProtocolError
 
 MAX_ITEM_ID_CHARS = 100
-
-
-class ProtocolError(Exception):
-    """A client frame that breaks the protocol; the socket closes with 1008."""
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from server.core import frames
+from server.core import codes
 from server.core.settings import Settings
 from server.push.connection import Close, Connection
 from server.push.sender import start_send
@@ -179,7 +179,7 @@ class Drain:
         """Write one 1012 close now; the task that finishes it if the socket must drain first."""
         self.closed += 1
         return start_send(
-            _awaited(close(frames.WS_1012_SERVICE_RESTART, retry_reason(self.settings)))
+            _awaited(close(codes.WS_1012_SERVICE_RESTART, retry_reason(self.settings)))
         )
 
     async def _close_when_flushed(

@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 import redis.exceptions
 
-from server.core import frames
+from server.core import codes, frames
 from server.core.audience import Relation, can_see
 from server.core.backoff import Backoff, raise_if_cancelling
 from server.core.clock import rfc3339
@@ -145,7 +145,7 @@ class Hub:
         await self._snapshot(conn)
 
     async def _refuse(self, conn: Connection) -> None:
-        await conn.close(frames.WS_1012_SERVICE_RESTART, self._retry_reason())
+        await conn.close(codes.WS_1012_SERVICE_RESTART, self._retry_reason())
         conn.closing = True
 
     async def detach(self, conn: Connection) -> None:
@@ -354,7 +354,7 @@ class Hub:
         """The dispatcher gave up on `conn` (its outbox overflowed): close 1013, detach."""
         log.info("closing slow reader %s (%s)", conn.id, conn.user_id)
         asyncio.get_running_loop().create_task(
-            self._close(conn, frames.WS_1013_TRY_AGAIN_LATER, "too slow a reader")
+            self._close(conn, codes.WS_1013_TRY_AGAIN_LATER, "too slow a reader")
         )
 
     async def _close(self, conn: Connection, code: int, reason: str) -> None:
