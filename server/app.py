@@ -1,7 +1,8 @@
 """The ASGI application: routes, the lifespan that builds `Services`, error mapping.
 
 Errors map to problem+json in one place (`_problem_handlers`): our own
-`StoriesError` tree, Starlette's HTTP errors (unknown route, wrong method),
+`StoriesError` tree, Starlette's HTTP errors (unknown route, wrong method), a
+client gone mid-request (logged at info, no traceback),
 Redis being unreachable (503 with Retry-After, never a false success), and
 anything unexpected (500, logged).
 """
@@ -18,7 +19,7 @@ from typing import Any
 import redis.exceptions
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Router
 from starlette.staticfiles import StaticFiles
@@ -32,7 +33,7 @@ from server.api import stories as http_stories
 from server.api import users as http_users
 from server.api.responses import problem_response
 from server.core.clock import Clock
-from server.core.errors import HttpError, ServiceUnavailable, StoriesError
+from server.core.errors import BadRequest, HttpError, ServiceUnavailable, StoriesError
 from server.core.settings import Settings
 from server.push import drain
 from server.services import Services
@@ -61,6 +62,16 @@ async def _redis_down(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client closed its connection mid-request (say, mid-upload): nothing to answer.
+
+    Whatever the request had begun is undone on the way out (scratch folder,
+    Idempotency-Key); the 400 is for the log line only, no one reads it.
+    """
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return problem_response(BadRequest("the client disconnected before the request ended"))
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(StoriesError("unexpected server error"))
@@ -69,6 +80,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 _problem_handlers: dict[Any, Any] = {
     StoriesError: _stories_error,
     HTTPException: _http_error,
+    ClientDisconnect: _client_gone,
     redis.exceptions.ConnectionError: _redis_down,
     redis.exceptions.TimeoutError: _redis_down,
     redis.exceptions.BusyLoadingError: _redis_down,

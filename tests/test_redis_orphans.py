@@ -107,3 +107,29 @@ def test_restart_stops_a_redis_still_serving_the_data_dir(tmp_path):
             orphan.kill()
             orphan.wait(5)
         stop_all(redis_serving(data))
+
+
+def test_a_killed_redis_is_back_at_once_despite_its_stale_socket(tmp_path):
+    """The socket file a SIGKILLed redis-server leaves must not stall the restart: the
+    orphan check and readiness probe ask once (redis-py would retry a refused
+    connection with backoff, about 5 s in all)."""
+    import os
+    import signal
+    import time
+
+    from server.store.embedded_redis import EmbeddedRedis
+
+    embedded = EmbeddedRedis(tmp_path / "d")
+    url = embedded.start()
+    try:
+        redis.Redis.from_url(url).set("kept", "1")
+        assert embedded.proc is not None
+        os.kill(embedded.proc.pid, signal.SIGKILL)
+        embedded.proc.wait()
+        assert embedded.socket_path.exists(), "the stale socket file is what this is about"
+        began = time.monotonic()
+        embedded._spawn()
+        assert time.monotonic() - began < 2.0  # 5 s when each probe retried
+        assert redis.Redis.from_url(url).get("kept") == b"1"
+    finally:
+        embedded.stop()

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from server.store import procs
 
@@ -244,7 +246,7 @@ class EmbeddedRedis:
                     f"redis-server exited with {self.proc.returncode}; see {self.dir}/redis.log"
                 )
             try:
-                if redis.Redis(unix_socket_path=str(self.socket_path)).ping():
+                if _probe(str(self.socket_path)).ping():
                     return
             except (redis.ConnectionError, FileNotFoundError):
                 time.sleep(0.05)
@@ -278,10 +280,17 @@ def _socket_pid(socket_path: str) -> int | None:
     """The PID of the redis-server answering on `socket_path`, or None."""
     if not Path(socket_path).exists():
         return None
-    client = redis.Redis(unix_socket_path=socket_path, socket_timeout=2, socket_connect_timeout=2)
+    client = _probe(socket_path)
     try:
         return int(client.info("server")["process_id"])
     except (redis.RedisError, OSError, KeyError, ValueError):
         return None
     finally:
         client.close()
+
+
+def _probe(socket_path: str) -> redis.Redis:
+    """A client for one quick question: no retries (redis-py retries a refused
+    connection with backoff by default, seconds for a stale socket file)."""
+    return redis.Redis(unix_socket_path=socket_path, socket_timeout=2, socket_connect_timeout=2,
+                       retry=Retry(NoBackoff(), 0))  # fmt: skip
