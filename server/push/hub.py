@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 import redis.exceptions
 
-from server.core import frames
+from server.core import events, frames
 from server.core.audience import Relation, can_see
 from server.core.backoff import Backoff, raise_if_cancelling
 from server.core.clock import rfc3339
@@ -62,6 +62,8 @@ log = logging.getLogger("stories.hub")
 View = tuple[bool, bool, bool, bool, int, SourceViews]
 OWNER_VIEW: View = (True, False, False, False, 0, ())
 MISSING: Any = object()
+Handler = Callable[[dict[str, Any], list[Connection]], None]
+MAX_UNKNOWN_TYPES = 64  # distinct unknown event types remembered (each is logged once)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -103,6 +105,29 @@ class Hub:
         self.out = Dispatcher(self.conns, self._too_slow)
         self.enqueue = self.out.enqueue  # queue a frame for one connection (`Dispatcher.enqueue`)
         self.counts = ViewCountPush(self.enqueue, self.now)
+        self.handlers: dict[str, Handler] = self._handler_table()
+        self._unknown: set[str] = set()  # event types already logged as unknown
+
+    def _handler_table(self) -> dict[str, Handler]:
+        """Event type (`events.py`) → what the hub does with it; built once.
+
+        Lifecycle events update the owner cache and fan out per audience;
+        `seen.sync`, `graph.changed` and `story.viewed` change per-connection state;
+        the rest are personal events forwarded to the user's sockets as they are.
+        """
+        return {
+            events.STORY_NEW: self._on_story_new,
+            events.STORY_REMOVED: self._on_story_removed,
+            events.STORY_AUDIENCE: self._on_story_audience,
+            events.STORY_SOURCE_AUDIENCE: self._on_story_source_audience,
+            events.STORY_VIEWED: self._on_story_viewed,
+            events.SEEN_SYNC: self._on_seen_sync,
+            events.GRAPH_CHANGED: self._on_graph_changed,
+            events.STORY_REACTION: self._forward,
+            events.STORY_REPLY: self._forward,
+            events.CAPTURE_FINISHED: self._forward,
+            events.CAPTURE_FAILED: self._forward,
+        }
 
     def bind(self, broker: Broker) -> None:
         self.broker = broker
@@ -365,13 +390,26 @@ class Hub:
     # ---- Receiver -------------------------------------------------------------------
 
     def on_message(self, channel: str, data: bytes) -> None:
+        """A publication on `channel`: decoded once, handed to its type's handler (`handlers`)."""
         members = self.interest.get(channel)
         if not members:
             return
         event = orjson.loads(data)
-        handler = getattr(self, "_on_" + event.get("type", "").replace(".", "_"), None)
-        if handler is not None:
-            handler(event, [c for c in members if c.ready and not c.closing])
+        kind = event.get("type")
+        handler = self.handlers.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self._unknown_type(channel, kind)
+            return
+        handler(event, [c for c in members if c.ready and not c.closing])
+
+    def _unknown_type(self, channel: str, kind: Any) -> None:
+        """Log an event type without a handler (once per type) and drop the event."""
+        name = kind if isinstance(kind, str) else repr(kind)[:40]
+        if name in self._unknown:
+            return
+        if len(self._unknown) < MAX_UNKNOWN_TYPES:
+            self._unknown.add(name)
+        log.warning("dropping event of unknown type %r on %s", name, channel)
 
     def on_resubscribed(self) -> None:
         """After a pub/sub gap: reload every connection's state and send fresh snapshots."""
@@ -603,11 +641,6 @@ class Hub:
         frame = frames.encode(event["type"], self.now(), **payload)
         for conn in conns:
             self.enqueue(conn, frame)
-
-    _on_story_reaction = _forward
-    _on_story_reply = _forward
-    _on_capture_finished = _forward
-    _on_capture_failed = _forward
 
     def _on_story_viewed(self, event: dict[str, Any], conns: list[Connection]) -> None:
         self._forward(event, conns)
