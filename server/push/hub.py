@@ -44,7 +44,7 @@ from server.core.audience import Relation, can_see
 from server.core.backoff import Backoff, raise_if_cancelling
 from server.core.clock import rfc3339
 from server.core.keys import item_id
-from server.core.tray import ActiveItem, TrayState, order_tray, ring, visible_items
+from server.core.tray import ActiveItem, TrayState, in_tray, order_tray, ring, visible_items
 from server.push.admission import SignInGate
 from server.push.broker import Broker
 from server.push.connection import NOBODY, Connection
@@ -491,8 +491,8 @@ class Hub:
         is_owner, follows, close_friend, hidden, seen, views = view
         oc = self.owners.get(owner)
         relation = Relation(is_owner, follows, close_friend, hidden)
-        in_tray = is_owner or (follows and not hidden)
-        items = visible_items(oc.items.values(), relation, now) if oc and in_tray else []
+        visible = oc and in_tray(is_owner, follows, hidden)
+        items = visible_items(oc.items.values(), relation, now) if oc and visible else []
         if oc and items:
             items = [i for i in items if oc.shown(i, views, now)]
         state = ring(owner, items, seen, own=is_owner)

@@ -33,7 +33,14 @@ from server.core.clock import rfc3339
 from server.core.errors import NotFound
 from server.core.items import ItemRecord, Json, render
 from server.core.keys import item_id, split_item_id
-from server.core.tray import ActiveItem, TrayState, merge_ring, order_tray, ring, visible_items
+from server.core.tray import (
+    ActiveItem,
+    TrayState,
+    in_tray,
+    merge_ring,
+    order_tray,
+    visible_items,
+)
 from server.store.store import Store
 from server.stories.shares import Source, visible_sources
 
@@ -117,16 +124,6 @@ class StoryReader:
         source = await self.record(rec.shared_from)
         return source if source is not None and source.is_live(self.s.clock.now_ms()) else None
 
-    async def visible_active(self, viewer: str, owner: str, relation: Relation) -> list[ActiveItem]:
-        """`owner`'s unexpired items `viewer` may see (in `relation` to the owner), oldest
-        first, shares only while their sources are visible too."""
-        items = visible_items(await self.active_items(owner), relation, self.s.clock.now_ms())
-        sources = [i.source for i in items if i.source]
-        if not sources:
-            return items
-        ok = await visible_sources(self.s, viewer, sources)
-        return [i for i in items if not i.source or i.source in ok]
-
     async def render_many(
         self, viewer: str, recs: list[ItemRecord], archive: bool = False
     ) -> list[Json]:
@@ -200,7 +197,8 @@ class StoryReader:
         cfof = {m.decode() for m in cfof_raw}
         seen = {key.decode(): int(v) for key, v in seen_raw.items()}
         active = [m.decode() for m, until in active_raw if until > now]
-        owners = list(dict.fromkeys([viewer] + [o for o in active if o not in hidden]))
+        followed = [o for o in active if in_tray(o == viewer, True, o in hidden)]  # (all followed)
+        owners = list(dict.fromkeys([viewer, *followed]))
         args: list[Any] = [now, k.p]
         for owner in owners:
             rel = "o" if owner == viewer else ("c" if owner in cfof else "f")
@@ -243,22 +241,6 @@ class StoryReader:
             if state is not None:
                 by_owner[owner] = state
         return list(by_owner.values())
-
-    async def tray_entry(self, viewer: str, owner: str) -> Json | None:
-        """One owner's TrayEntry for `viewer`, or None when the viewer has no ring for it."""
-        relation = await self.s.graph.relation(viewer, owner)
-        if not (relation.is_owner or relation.follows) or relation.hidden:
-            return None
-        pipe = self.s.redis.pipeline(transaction=False)
-        pipe.hget(self.s.keys.seen(viewer), owner)
-        (seen_seq,) = await pipe.execute()
-        items = await self.visible_active(viewer, owner, relation)
-        state = ring(owner, items, int(seen_seq or 0), own=relation.is_owner)
-        entries = await self._entries([state] if state else [])
-        return entries[0] if entries else None
-
-    async def _entries(self, rings: list[TrayState]) -> list[Json]:
-        return self._tray_entries(rings, await self.s.users.many([r.owner_id for r in rings]))
 
     @staticmethod
     def _tray_entries(rings: list[TrayState], users: dict[str, Json]) -> list[Json]:
