@@ -30,8 +30,9 @@ from server.core import frames
 from server.core.auth import Principal
 from server.core.errors import StoriesError, Unauthorized
 from server.push import drain
-from server.push.admission import Busy, retry_reason
+from server.push.admission import Busy
 from server.push.connection import Connection
+from server.push.retry import retry_reason
 from server.push.wire import Wire, wire_for
 from server.services import Services
 

@@ -49,9 +49,9 @@ from server.push.admission import SignInGate
 from server.push.broker import Broker
 from server.push.connection import NOBODY, Connection
 from server.push.dispatch import Dispatcher
-from server.push.drain import retry_reason
 from server.push.interest import Interest
 from server.push.owner_cache import OwnerCache, SourceViews, rings_sharing_from
+from server.push.retry import retry_reason
 from server.push.view_counts import ViewCountPush
 from server.store.store import Store
 from server.store.users import decode_user
@@ -680,5 +680,5 @@ class Hub:
             self.enqueue(conn, self._entry_frame(owner, self._view_now(conn, owner), {}))
 
     def _retry_reason(self) -> str:
-        """The 1012 close reason: `{"retry_after_ms"}` with jitter (`drain.retry_reason`)."""
+        """The 1012 close reason: `{"retry_after_ms"}` with jitter (`retry.retry_reason`)."""
         return retry_reason(self.s.settings)
