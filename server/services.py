@@ -23,6 +23,7 @@ from server.push.broker import Broker
 from server.push.drain import Drain
 from server.push.gcpolicy import freeze_on_growth
 from server.push.hub import Hub
+from server.push.source import RedisHubSource
 from server.store.graph import Graph
 from server.store.limits import Idempotency
 from server.store.rollout import Rollout
@@ -105,7 +106,7 @@ class Services:
             storage=LocalStorage(data), clock=clock or SystemClock(), settings=settings,
         )  # fmt: skip
         writer, reader = StoryWriter(store), StoryReader(store)
-        hub = Hub(store, reader)
+        hub = Hub(RedisHubSource(store, reader), keys, settings, store.clock)
         sweep_data_dir(data)  # partial files of captures and uploads of dead processes
         captures = CaptureManager(capture_config(settings), process_dir(data / "captures"),
                                   on_finished=lambda c, r: publish_capture(svc, c, r),

@@ -42,21 +42,20 @@ import redis.exceptions
 from server.core import events, frames
 from server.core.audience import Relation, can_see
 from server.core.backoff import Backoff, raise_if_cancelling
-from server.core.clock import rfc3339
-from server.core.keys import item_id
+from server.core.clock import Clock, rfc3339
+from server.core.keys import Keys, item_id
+from server.core.settings import Settings
 from server.core.tray import ActiveItem, TrayState, in_tray, order_tray, ring, visible_items
 from server.push.admission import SignInGate
 from server.push.broker import Broker
-from server.push.connection import NOBODY, Connection
+from server.push.connection import Connection
 from server.push.dispatch import Dispatcher
 from server.push.interest import Interest
 from server.push.owner_cache import OwnerCache, SourceViews, rings_sharing_from
 from server.push.retry import retry_reason
+from server.push.source import HubSource
 from server.push.view_counts import ViewCountPush
-from server.store.store import Store
-from server.store.users import decode_user
-from server.stories.reader import StoryReader
-from server.stories.shares import Source, load_sources
+from server.stories.shares import Source
 
 log = logging.getLogger("stories.hub")
 View = tuple[bool, bool, bool, bool, int, SourceViews]
@@ -72,22 +71,18 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def _parse_item(pair: tuple[bytes, float]) -> ActiveItem:
-    return ActiveItem.parse(*pair)
-
-
-def _ids(members: list[bytes] | set[bytes]) -> frozenset[str]:
-    """User ids from Redis, interned: thousands of connections share one string per owner."""
-    # from a set, not a generator: a frozenset copied from a set is sized once (half the table)
-    return frozenset({sys.intern(m.decode()) for m in members}) if members else NOBODY
-
-
 class Hub:
-    """Implements the broker's `Receiver`. Start with `bind(broker)`."""
+    """Implements the broker's `Receiver`. Start with `bind(broker)`.
 
-    def __init__(self, store: Store, reader: StoryReader) -> None:
-        self.s = store
-        self.reader = reader
+    Reads storage only through `source`; `keys` names the channels, `settings`
+    bound sign-ins and reconnect waits, `clock` stamps frames and expiry checks.
+    """
+
+    def __init__(self, source: HubSource, keys: Keys, settings: Settings, clock: Clock) -> None:
+        self.source = source
+        self.keys = keys
+        self.settings = settings
+        self.clock = clock
         self.broker: Broker | None = None
         self.conns: set[Connection] = set()
         self.interest: Interest[Connection] = Interest(self.conns.__contains__)
@@ -100,7 +95,6 @@ class Hub:
         # accepted but not yet signed in (ws.py), so that a drain closes them properly too
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
-        settings = store.settings
         self.gate = SignInGate(settings.ws_sign_in_concurrency, settings.ws_sign_in_queue)
         self.out = Dispatcher(self.conns, self._too_slow)
         self.enqueue = self.out.enqueue  # queue a frame for one connection (`Dispatcher.enqueue`)
@@ -133,7 +127,7 @@ class Hub:
         self.broker = broker
 
     def now(self) -> int:
-        return self.s.clock.now_ms()
+        return self.clock.now_ms()
 
     # ---- connections -------------------------------------------------------------
 
@@ -150,7 +144,7 @@ class Hub:
             await self._refuse(conn)
             return False
         self.conns.add(conn)
-        await self._acquire(self.interest.join(conn, [self.s.keys.inbox_channel(conn.user_id)]))
+        await self._acquire(self.interest.join(conn, [self.keys.inbox_channel(conn.user_id)]))
         await self._load_relations(conn, claims)
         return True
 
@@ -179,7 +173,7 @@ class Hub:
             return
         self.conns.discard(conn)
         conn.ready, conn.closing = False, True  # the fan-out skips it until its lists compact
-        self._emptied(self.interest.gone(conn, conn.channels(self.s.keys)))
+        self._emptied(self.interest.gone(conn, conn.channels(self.keys)))
         if conn.count_timer:
             conn.count_timer.cancel()
         conn.outbox.take()
@@ -191,30 +185,23 @@ class Hub:
     async def _load_relations(self, conn: Connection, claims: dict[str, Any] | None = None) -> None:
         """Read `conn`'s relation sets and seen map (and, with `claims`, its User); apply them.
 
-        One call of `lua/sign_in.lua`, which also reads the user's own active
+        One read (`HubSource.sign_in`), which also brings the user's own active
         items when their cache is not loaded yet.
         """
-        k, uid = self.s.keys, conn.user_id
+        uid = conn.user_id
         own = uid not in self._loads  # the user's own items: fill their cache in the same trip
-        keys = [k.following(uid), k.close_friend_of(uid), k.hidden_from(uid), k.seen(uid),
-                k.items(uid), k.user(uid)]  # fmt: skip
-        args = [f"({self.now()}" if own else "", "1" if claims is not None else ""]
-        following, cfof, hidden, seen, items, user = await self.s.scripts.sign_in(keys, args)
+        read = await self.source.sign_in(uid, with_user=claims is not None, with_items=own)
         if claims is not None:
-            found = decode_user(dict(zip(user[::2], user[1::2], strict=True)))
-            conn.user = found or await self.s.users.ensure(uid, claims)
+            conn.user = read.user or await self.source.ensure_user(uid, claims)
         if conn not in self.conns:  # detached meanwhile: it must not join anything now
             return
-        if own and uid not in self._loads:  # (another socket of the user may have filled it)
-            raw = list(zip(items[::2], map(float, items[1::2]), strict=True))
-            sources = await self._sources_of([raw])
+        if read.items is not None and uid not in self._loads:  # (another socket may have filled it)
+            sources = await self._sources_of([read.items])
             if uid not in self._loads:
-                self._filled(uid, conn.user, raw, sources)
-        if seen:
-            conn.seen = {
-                sys.intern(o.decode()): int(v) for o, v in zip(seen[::2], seen[1::2], strict=True)
-            }
-        await self._set_relations(conn, _ids(following), _ids(cfof), _ids(hidden))
+                self._filled(uid, conn.user, read.items, sources)
+        if read.seen:
+            conn.seen = read.seen
+        await self._set_relations(conn, read.following, read.close_friend_of, read.hidden_from)
 
     async def _set_relations(
         self, conn: Connection, following: frozenset[str], cfof: frozenset[str],
@@ -226,7 +213,7 @@ class Hub:
         so `conn.channels()` always names exactly the channels it is on; then
         the channels that got their first member are subscribed (one batch).
         """
-        k = self.s.keys
+        k = self.keys
         before = conn.followed_owners()
         conn.following, conn.close_friend_of, conn.hidden_from = following, cfof, hidden
         after = conn.followed_owners()
@@ -249,7 +236,7 @@ class Hub:
             return
         assert self.broker is not None
         self.broker.release(*channels)
-        k = self.s.keys
+        k = self.keys
         for channel in channels:
             owner = self._channel_owner(channel)
             if owner and k.stories_channel(owner) not in self.interest:
@@ -259,7 +246,7 @@ class Hub:
 
     def _channel_owner(self, channel: str) -> str | None:
         """The user of an `ev:{user}:stories` or `ev:{user}:inbox` channel of ours."""
-        prefix = self.s.keys.p + "ev:{"
+        prefix = self.keys.p + "ev:{"
         if channel.startswith(prefix):
             owner, sep, kind = channel[len(prefix) :].rpartition("}:")
             if sep and kind in ("stories", "inbox"):
@@ -293,21 +280,10 @@ class Hub:
     async def _fill(
         self, futures: dict[str, asyncio.Future[None]], own: dict[str, Any] | None
     ) -> None:
-        """One pipeline: each owner's User (unless `own` is that User) and active items."""
-        k, floor = self.s.keys, f"({self.now()}"
-        owners = list(futures)
+        """One read of each owner's User (unless `own` is that User) and active items."""
         try:
-            pipe = self.s.redis.pipeline(transaction=False)
-            for owner in owners:
-                if not own or own["id"] != owner:
-                    pipe.hgetall(k.user(owner))
-                pipe.zrangebyscore(k.items(owner), floor, "+inf", withscores=True)
-            replies = iter(await pipe.execute())
-            reads = {}  # owner → (User, active items)
-            for owner in owners:
-                user = own if own and own["id"] == owner else decode_user(next(replies))
-                reads[owner] = (user, next(replies))
-            sources = await self._sources_of([raw for _, raw in reads.values()])
+            reads = await self.source.owners(list(futures), own)
+            sources = await self._sources_of([read.items for read in reads.values()])
         except Exception as exc:
             for owner, future in futures.items():
                 if self._loads.get(owner) is future:
@@ -315,13 +291,16 @@ class Hub:
                 future.set_exception(exc)
             return
         for owner, future in futures.items():
-            user, raw = reads[owner]
             if self._loads.get(owner) is future:  # not dropped meanwhile
-                self._filled(owner, user, raw, sources)
+                self._filled(owner, reads[owner].user, reads[owner].items, sources)
             future.set_result(None)
 
     def _filled(
-        self, owner: str, user: dict[str, Any] | None, raw: list[Any], sources: dict[str, Source]
+        self,
+        owner: str,
+        user: dict[str, Any] | None,
+        items: list[ActiveItem],
+        sources: dict[str, Source],
     ) -> None:
         """Merge a read of `owner`'s User and active items into its cache; mark it loaded.
 
@@ -333,13 +312,12 @@ class Hub:
         self._loads[owner] = None
         cache = self.owners.get(owner)
         if cache is None:
-            if not raw:
+            if not items:
                 return
             cache = self.owners[owner] = OwnerCache(user={"id": owner})
         if user:
             cache.user = user
-        for member, score in raw:
-            item = ActiveItem.parse(member, score)
+        for item in items:
             if item.seq not in cache.removed:
                 cache.items.setdefault(item.seq, item)
             source = sources.get(item.source) if item.source else None
@@ -348,10 +326,10 @@ class Hub:
         if not cache.items and not cache.removed:
             del self.owners[owner]
 
-    async def _sources_of(self, raws: list[list[Any]]) -> dict[str, Source]:
-        """The sources of the shares among active-item reads `raws`, in one round trip."""
-        wanted = {i.source for raw in raws for i in map(_parse_item, raw) if i.source}
-        return await load_sources(self.s, wanted) if wanted else {}
+    async def _sources_of(self, reads: list[list[ActiveItem]]) -> dict[str, Source]:
+        """The sources of the shares among active-item reads `reads`, in one round trip."""
+        wanted = {i.source for items in reads for i in items if i.source}
+        return await self.source.sources(wanted) if wanted else {}
 
     async def _snapshot(self, conn: Connection) -> None:
         """Queue `conn`'s tray.snapshot, computed from the owner caches once they are complete."""
@@ -681,4 +659,4 @@ class Hub:
 
     def _retry_reason(self) -> str:
         """The 1012 close reason: `{"retry_after_ms"}` with jitter (`retry.retry_reason`)."""
-        return retry_reason(self.s.settings)
+        return retry_reason(self.settings)

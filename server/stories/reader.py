@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from redis.asyncio.client import Pipeline
+
 from server.core.audience import Relation
 from server.core.clock import rfc3339
 from server.core.errors import NotFound
@@ -53,7 +55,8 @@ def _user(owner: str, fields: list[bytes | None]) -> Json:
     return {"id": uid, "handle": handle, "display_name": name or handle, "avatar_url": avatar}
 
 
-def _active(raw: Iterable[Any]) -> list[ActiveItem]:
+def active_from_reply(raw: Iterable[Any]) -> list[ActiveItem]:
+    """Items from a `ZRANGEBYSCORE ... WITHSCORES` reply of an items index: (member, expiry) pairs."""
     return [ActiveItem.parse(member, score) for member, score in raw]
 
 
@@ -160,11 +163,18 @@ class StoryReader:
 
     async def active_items(self, owner: str) -> list[ActiveItem]:
         """The owner's items that have not expired, as indexed (any audience)."""
-        now = self.s.clock.now_ms()
         raw = await self.s.redis.zrangebyscore(
-            self.s.keys.items(owner), f"({now}", "+inf", withscores=True
+            self.s.keys.items(owner), self.active_floor(), "+inf", withscores=True
         )
-        return _active(raw)
+        return active_from_reply(raw)
+
+    def active_floor(self) -> str:
+        """The ZRANGEBYSCORE minimum of unexpired items: `"(<now ms>"` (expiring now is gone)."""
+        return f"({self.s.clock.now_ms()}"
+
+    def queue_active_items(self, pipe: Pipeline, owner: str) -> None:
+        """Queue `active_items(owner)`'s read on `pipe`; decode its reply with `active_from_reply`."""
+        pipe.zrangebyscore(self.s.keys.items(owner), self.active_floor(), "+inf", withscores=True)
 
     async def _records(self, owner: str, items: list[ActiveItem]) -> list[ItemRecord]:
         pipe = self.s.redis.pipeline(transaction=False)
@@ -216,7 +226,7 @@ class StoryReader:
                     TrayState(owner, first > 0, int(count), int(latest), int(first) or None)
                 )
             if shared:
-                shares[owner] = _active(zip(shared[::2], shared[1::2], strict=True))
+                shares[owner] = active_from_reply(zip(shared[::2], shared[1::2], strict=True))
         if shares:
             rings = await self._with_shares(viewer, rings, shares, seen)
         return self._tray_entries(order_tray(viewer, rings), users)
