@@ -295,7 +295,7 @@ def test_every_event_type_built_has_a_handler() -> None:
             built.add(fn(*_sample_args(fn))["type"])
     assert built == events.TYPES
     assert set(hub.handlers) == events.TYPES
-    forwarded = {t for t, h in hub.handlers.items() if h == hub._forward}
+    forwarded = {t for t, h in hub.handlers.items() if h == hub.events.forward}
     assert forwarded == FORWARDED  # the rest change hub or connection state first
 
 
