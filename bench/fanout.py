@@ -599,8 +599,8 @@ async def run_storms(
 
 PROFILED = {  # function (as py-spy names it) → what it is, for the report
     "Broker._read": "pub/sub reader, incl. the synchronous fan-out (Hub.on_message)",
-    "Hub._on_story_new": "per-follower loop: view, audience check, enqueue",
-    "Hub._entry_frame": "  tray.update entry per distinct view (visible_items + ring)",
+    "Lifecycle.story_new": "per-follower loop: view, audience check, enqueue",
+    "TrayViews.entry_frame": "  tray.update entry per distinct view (visible_items + ring)",
     "Dispatcher.enqueue": "  Dispatcher.enqueue (write at once, or outbox push)",
     "Dispatcher._flush": "flush of the frames queued during one loop iteration (packed)",
     "UvicornWire.send": "  UvicornWire.send (guards + transport.write, incl. the syscall)",

@@ -21,6 +21,7 @@ from server.push.broker import Broker
 from server.push.drain import Drain
 from server.push.gcpolicy import freeze_on_growth
 from server.push.hub import Hub
+from server.push.source import RedisHubSource
 from server.store.client import redis_client
 from server.store.graph import Graph
 from server.store.limits import Idempotency
@@ -112,7 +113,7 @@ class Services:
             settings=settings,
         )
         writer, reader = StoryWriter(store), StoryReader(store)
-        hub = Hub(store, reader)
+        hub = Hub(RedisHubSource(store, reader), keys, settings, store.clock)
         media = MediaPool(settings.media_workers, settings.media_queue,
                           settings.media_memory_budget_bytes)  # fmt: skip
         sweep_data_dir(data)  # partial files of captures and uploads of dead processes

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from server.core.audience import AUDIENCES, Relation, can_see
-from server.core.tray import ActiveItem, TrayState, first_unseen, order_tray, ring, visible_items
+from server.core.tray import ActiveItem, TrayState, in_tray, order_tray, ring, visible_items
 from tests.conftest import assert_problem
 
 # Every per-item endpoint a viewer can call: (method, path suffix, JSON body, success status).
@@ -389,13 +389,18 @@ def test_ring_states():
     assert ring("me", items, 0, own=True) == TrayState("me", False, 3, 300, None)
 
 
-def test_first_unseen():
-    items = [item(2), item(5), item(9)]
-    assert first_unseen(items, 0) == 2
-    assert first_unseen(items, 2) == 5
-    assert first_unseen(items, 8) == 9
-    assert first_unseen(items, 9) is None
-    assert first_unseen([], 0) is None
+def test_in_tray_is_own_or_followed_and_not_hidden():
+    # (is_owner, follows, hidden) -> whether the owner can have a ring at all
+    table = {
+        (True, False, False): True,
+        (True, True, False): True,
+        (False, True, False): True,
+        (False, True, True): False,  # hidden from: no ring, whatever they post
+        (False, False, False): False,  # not followed: public items do not make a ring
+        (False, False, True): False,
+    }
+    for args, want in table.items():
+        assert in_tray(*args) is want, args
 
 
 def test_order_tray_own_first_then_unseen_then_seen_by_latest_then_id():

@@ -53,8 +53,8 @@ from server.push.drain import (
     Budget,
     Drain,
     retry_after_s,
-    retry_reason,
 )
+from server.push.retry import retry_reason
 from tests.test_push_processes import JWT_SECRET, ServerProcess, _worker_of_sockets, shared_env
 
 CLIENTS = 300
@@ -75,8 +75,8 @@ def test_budget_deadlines_follow_the_drain_timeout() -> None:
 
 def test_retry_reason_spans_base_plus_spread() -> None:
     s = Settings(ws_reconnect_base_ms=1000, ws_reconnect_spread_ms=5000)
-    assert orjson.loads(retry_reason(s, lambda n: 0)) == {"retry_after_ms": 1000}
-    assert orjson.loads(retry_reason(s, lambda n: n - 1)) == {"retry_after_ms": 5999}
+    assert orjson.loads(retry_reason(s, rand=lambda n: 0)) == {"retry_after_ms": 1000}
+    assert orjson.loads(retry_reason(s, rand=lambda n: n - 1)) == {"retry_after_ms": 5999}
     assert retry_after_s(s) == 1
     assert retry_after_s(Settings(ws_reconnect_base_ms=1500)) == 2
     assert retry_after_s(Settings(ws_reconnect_base_ms=0)) == 1

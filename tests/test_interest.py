@@ -15,8 +15,9 @@ import orjson
 import pytest
 
 from server.core.settings import Settings
-from server.push.admission import Busy, SignInGate, retry_reason
+from server.push.admission import Busy, SignInGate
 from server.push.interest import Interest
+from server.push.retry import retry_reason
 
 
 class Member:

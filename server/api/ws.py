@@ -32,8 +32,9 @@ from server.core.auth import Principal
 from server.core.errors import ProtocolError, Restarting, StoriesError, Unauthorized
 from server.core.settings import Settings
 from server.push import drain
-from server.push.admission import Busy, retry_reason
+from server.push.admission import Busy
 from server.push.connection import Connection
+from server.push.retry import retry_reason
 from server.push.wire import Wire, wire_for
 
 if TYPE_CHECKING:

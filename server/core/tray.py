@@ -64,6 +64,13 @@ class TrayState:
     first_unseen_seq: int | None
 
 
+def in_tray(is_owner: bool, follows: bool, hidden: bool) -> bool:
+    """Whether an owner can have a ring in a viewer's tray at all: the viewer's own,
+    or an owner the viewer follows who does not hide from them. (Whether it has one
+    then depends on the items the viewer may see: `ring`.)"""
+    return is_owner or (follows and not hidden)
+
+
 def visible_items(items: Iterable[ActiveItem], relation: Relation, now_ms: int) -> list[ActiveItem]:
     """Items the viewer may see and that have not expired at `now_ms`, oldest first."""
     keep = [i for i in items if i.expires_ms > now_ms and can_see(relation, i.audience)]
@@ -117,11 +124,3 @@ def order_tray(viewer_id: str, rings: Iterable[TrayState]) -> list[TrayState]:
         return (group, -r.latest_ms, r.owner_id)
 
     return sorted(rings, key=key)
-
-
-def first_unseen(items: list[ActiveItem], seen_seq: int) -> int | None:
-    """Seq of the oldest visible item above `seen_seq`, or None."""
-    for item in items:
-        if item.seq > seen_seq:
-            return item.seq
-    return None

@@ -8,19 +8,14 @@ waiting on the pool until its timeout fails them. Instead at most
 arrival order; a socket beyond that is told to come back later: the endpoint
 closes it with 1013 and `{"retry_after_ms": n}` in the close reason, `n`
 spread uniformly over `ws_reconnect_base_ms + [0, ws_reconnect_spread_ms)` so
-the retries do not return as one wave (the same rule as the 1012 of a drain).
+the retries do not return as one wave (`retry.retry_reason`, as the 1012 of a drain).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator
-
-import orjson
-
-from server.core.settings import Settings
 
 
 class Busy(Exception):
@@ -56,9 +51,3 @@ class SignInGate:
             yield
         finally:
             self._slots.release()
-
-
-def retry_reason(settings: Settings, detail: str) -> str:
-    """A 1013 close reason: `{"retry_after_ms": base + uniform jitter, "detail"}` (≤ 123 bytes)."""
-    wait = settings.ws_reconnect_base_ms + random.randrange(max(1, settings.ws_reconnect_spread_ms))
-    return orjson.dumps({"retry_after_ms": wait, "detail": detail[:60]}).decode()

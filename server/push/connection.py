@@ -23,6 +23,7 @@ from typing import Any
 from server.core.audience import Relation
 from server.core.keys import Keys
 from server.core.outbox import Outbox, ViewCountCoalescer
+from server.core.tray import in_tray
 from server.push.wire import Wire
 
 Close = Callable[[int, str], Awaitable[None]]
@@ -83,8 +84,8 @@ class Connection:
         )
 
     def in_tray(self, owner: str) -> bool:
-        """Whether `owner` can have a ring in this viewer's tray at all."""
-        return owner == self.user_id or (owner in self.following and owner not in self.hidden_from)
+        """Whether `owner` can have a ring in this viewer's tray at all (`tray.in_tray`)."""
+        return in_tray(owner == self.user_id, owner in self.following, owner in self.hidden_from)
 
     def see(self, owner: str, seq: int) -> None:
         """Record that this user has seen `owner`'s items up to `seq`."""

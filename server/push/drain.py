@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import signal
 import threading
 import time
@@ -46,11 +45,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-
 from server.core import codes
 from server.core.settings import Settings
 from server.push.connection import Close, Connection
+from server.push.retry import retry_reason
 from server.push.sender import start_send
 
 log = logging.getLogger("stories.drain")
@@ -109,15 +107,6 @@ class Budget:
         """
         now = time.monotonic() if now is None else now
         return max(0.1, min(cap_s, self.teardown_by - now))
-
-
-def retry_reason(settings: Settings, rand: Callable[[int], int] = random.randrange) -> str:
-    """`{"retry_after_ms": base + uniform jitter}`: spreads reconnects after a restart.
-
-    The wait is `ws_reconnect_base_ms + [0, ws_reconnect_spread_ms)` milliseconds.
-    """
-    wait = settings.ws_reconnect_base_ms + rand(max(1, settings.ws_reconnect_spread_ms))
-    return orjson.dumps({"retry_after_ms": wait}).decode()
 
 
 def retry_after_s(settings: Settings) -> int:

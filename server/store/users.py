@@ -12,6 +12,7 @@ import secrets
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from server.core.errors import Conflict, field_error
 from server.core.keys import Keys
@@ -66,13 +67,17 @@ class UserStore:
     async def get(self, uid: str) -> User | None:
         return _decode(await self.r.hgetall(self.k.user(uid)))
 
+    def queue_get(self, pipe: Pipeline, uid: str) -> None:
+        """Queue `get(uid)`'s read on `pipe`; decode its reply with `decode_user`."""
+        pipe.hgetall(self.k.user(uid))
+
     async def many(self, uids: list[str]) -> dict[str, User]:
         """Users by id, one round trip; unknown ids are left out."""
         if not uids:
             return {}
         pipe = self.r.pipeline(transaction=False)
         for uid in uids:
-            pipe.hgetall(self.k.user(uid))
+            self.queue_get(pipe, uid)
         found = [_decode(raw) for raw in await pipe.execute()]
         return {u["id"]: u for u in found if u}
 

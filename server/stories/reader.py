@@ -28,12 +28,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from redis.asyncio.client import Pipeline
+
 from server.core.audience import Relation
 from server.core.clock import rfc3339
 from server.core.errors import NotFound
 from server.core.items import ItemRecord, Json, render
 from server.core.keys import item_id, split_item_id
-from server.core.tray import ActiveItem, TrayState, merge_ring, order_tray, ring, visible_items
+from server.core.tray import (
+    ActiveItem,
+    TrayState,
+    in_tray,
+    merge_ring,
+    order_tray,
+    visible_items,
+)
 from server.store.store import Store
 from server.stories.shares import Source, visible_sources
 
@@ -46,7 +55,8 @@ def _user(owner: str, fields: list[bytes | None]) -> Json:
     return {"id": uid, "handle": handle, "display_name": name or handle, "avatar_url": avatar}
 
 
-def _active(raw: Iterable[Any]) -> list[ActiveItem]:
+def active_from_reply(raw: Iterable[Any]) -> list[ActiveItem]:
+    """Items from a `ZRANGEBYSCORE ... WITHSCORES` reply of an items index: (member, expiry) pairs."""
     return [ActiveItem.parse(member, score) for member, score in raw]
 
 
@@ -117,16 +127,6 @@ class StoryReader:
         source = await self.record(rec.shared_from)
         return source if source is not None and source.is_live(self.s.clock.now_ms()) else None
 
-    async def visible_active(self, viewer: str, owner: str, relation: Relation) -> list[ActiveItem]:
-        """`owner`'s unexpired items `viewer` may see (in `relation` to the owner), oldest
-        first, shares only while their sources are visible too."""
-        items = visible_items(await self.active_items(owner), relation, self.s.clock.now_ms())
-        sources = [i.source for i in items if i.source]
-        if not sources:
-            return items
-        ok = await visible_sources(self.s, viewer, sources)
-        return [i for i in items if not i.source or i.source in ok]
-
     async def render_many(
         self, viewer: str, recs: list[ItemRecord], archive: bool = False
     ) -> list[Json]:
@@ -163,11 +163,18 @@ class StoryReader:
 
     async def active_items(self, owner: str) -> list[ActiveItem]:
         """The owner's items that have not expired, as indexed (any audience)."""
-        now = self.s.clock.now_ms()
         raw = await self.s.redis.zrangebyscore(
-            self.s.keys.items(owner), f"({now}", "+inf", withscores=True
+            self.s.keys.items(owner), self.active_floor(), "+inf", withscores=True
         )
-        return _active(raw)
+        return active_from_reply(raw)
+
+    def active_floor(self) -> str:
+        """The ZRANGEBYSCORE minimum of unexpired items: `"(<now ms>"` (expiring now is gone)."""
+        return f"({self.s.clock.now_ms()}"
+
+    def queue_active_items(self, pipe: Pipeline, owner: str) -> None:
+        """Queue `active_items(owner)`'s read on `pipe`; decode its reply with `active_from_reply`."""
+        pipe.zrangebyscore(self.s.keys.items(owner), self.active_floor(), "+inf", withscores=True)
 
     async def _records(self, owner: str, items: list[ActiveItem]) -> list[ItemRecord]:
         pipe = self.s.redis.pipeline(transaction=False)
@@ -200,7 +207,8 @@ class StoryReader:
         cfof = {m.decode() for m in cfof_raw}
         seen = {key.decode(): int(v) for key, v in seen_raw.items()}
         active = [m.decode() for m, until in active_raw if until > now]
-        owners = list(dict.fromkeys([viewer] + [o for o in active if o not in hidden]))
+        followed = [o for o in active if in_tray(o == viewer, True, o in hidden)]  # (all followed)
+        owners = list(dict.fromkeys([viewer, *followed]))
         args: list[Any] = [now, k.p]
         for owner in owners:
             rel = "o" if owner == viewer else ("c" if owner in cfof else "f")
@@ -218,7 +226,7 @@ class StoryReader:
                     TrayState(owner, first > 0, int(count), int(latest), int(first) or None)
                 )
             if shared:
-                shares[owner] = _active(zip(shared[::2], shared[1::2], strict=True))
+                shares[owner] = active_from_reply(zip(shared[::2], shared[1::2], strict=True))
         if shares:
             rings = await self._with_shares(viewer, rings, shares, seen)
         return self._tray_entries(order_tray(viewer, rings), users)
@@ -243,22 +251,6 @@ class StoryReader:
             if state is not None:
                 by_owner[owner] = state
         return list(by_owner.values())
-
-    async def tray_entry(self, viewer: str, owner: str) -> Json | None:
-        """One owner's TrayEntry for `viewer`, or None when the viewer has no ring for it."""
-        relation = await self.s.graph.relation(viewer, owner)
-        if not (relation.is_owner or relation.follows) or relation.hidden:
-            return None
-        pipe = self.s.redis.pipeline(transaction=False)
-        pipe.hget(self.s.keys.seen(viewer), owner)
-        (seen_seq,) = await pipe.execute()
-        items = await self.visible_active(viewer, owner, relation)
-        state = ring(owner, items, int(seen_seq or 0), own=relation.is_owner)
-        entries = await self._entries([state] if state else [])
-        return entries[0] if entries else None
-
-    async def _entries(self, rings: list[TrayState]) -> list[Json]:
-        return self._tray_entries(rings, await self.s.users.many([r.owner_id for r in rings]))
 
     @staticmethod
     def _tray_entries(rings: list[TrayState], users: dict[str, Json]) -> list[Json]:
