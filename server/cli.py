@@ -32,24 +32,36 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP/WebSocket server")
     _common(serve)
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
+    serve.add_argument("--port", type=_number)
+    serve.add_argument("--workers", type=_number)
     serve.add_argument("--dev-login", action="store_true", default=None)
     serve.add_argument(
         "--demo", action="store_true", default=None, help="seed demo data; implies --dev-login"
     )
-    serve.add_argument("--lifetime-seconds", type=int, help="override every story lifetime")
+    serve.add_argument("--lifetime-seconds", type=_number, help="override every story lifetime")
     rollout = sub.add_parser("rollout", help="show or set the pilot rollout gate")
     _common(rollout)
     rollout.add_argument("action", choices=["show", "set"])
     rollout.add_argument("--open", action="store_true", help="everyone may post")
     rollout.add_argument("--allow", default="", help="comma-separated user ids or handles")
-    rollout.add_argument("--percent", type=int, default=0, help="0-100, stable hash of the user id")
+    rollout.add_argument(
+        "--percent", type=_number, default=0, help="0-100, stable hash of the user id"
+    )
     rollout.add_argument("--countries", default="", help="comma-separated ISO country codes")
     token = sub.add_parser("token", help="mint an HS256 token for a user id (development)")
     _common(token)
     token.add_argument("user_id")
     return p
+
+
+def _number(text: str) -> int:
+    """A command-line number by the same ASCII rule as the API (`parse.uint`): `٣` is no 3."""
+    from server.core.parse import uint
+
+    value = uint(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of ASCII digits")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:

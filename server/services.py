@@ -26,7 +26,7 @@ from server.store.client import redis_client
 from server.store.graph import Graph
 from server.store.limits import Idempotency
 from server.store.rollout import Rollout
-from server.store.scratch import process_dir, sweep_data_dir
+from server.store.scratch import process_dir, remove_own_dirs, sweep_data_dir
 from server.store.scripts import Scripts
 from server.store.secrets import deployment_secret
 from server.store.storage import LocalStorage, Storage
@@ -163,6 +163,7 @@ class Services:
             await asyncio.wait(self.tasks, timeout=left(5))
         await _bounded("broker", self.broker.close(), left(5))
         self.media.close()
+        remove_own_dirs(self.settings.data_path.resolve())
         await _bounded("redis", self.store.redis.aclose(), left(5))
 
 

@@ -273,6 +273,7 @@ def test_media_urls_refuse_any_tampering_with_404(login, client):
         _with_query(url, exp=str(exp + 1)),
         _with_query(url, exp=str(exp + 3600_000)),
         _with_query(url, exp="-1"),
+        _with_query(url, exp="0" + str(exp)),  # one number, one spelling
         _with_query(url, s="archive"),
         url.replace("/file?", "/poster?"),  # the file's signature on the poster
         poster.replace("/poster?", "/file?"),

@@ -194,6 +194,15 @@ def test_dev_login_token_works_and_same_handle_is_same_user(client):
     assert me.json() == first["user"]
 
 
+def test_dev_login_handle_that_is_another_users_id_is_409(client):
+    signed_in = client.post("/api/v1/auth/dev-login", json={"handle": "bob"}).json()
+    bob = signed_in["user"]
+    r = client.post("/api/v1/auth/dev-login", json={"handle": bob["id"]})
+    assert_problem(r, 409, "conflict")
+    auth = {"Authorization": f"Bearer {signed_in['token']}"}
+    assert client.get(f"/api/v1/users/{bob['id']}", headers=auth).json()["handle"] == "bob"
+
+
 # --- RS256 / ES256 with a public key file -------------------------------------------------
 
 

@@ -302,13 +302,15 @@ def test_oversized_or_bad_caption_on_share_is_422(story):
         r = ann.post(f"/stories/{item}/share", json={"caption": caption})
         assert assert_problem(r, 422, "invalid")["errors"][0]["field"] == "caption"
     assert ann.get(f"/users/{ann.id}/stories").json()["items"] == []
+    typo = ann.post(f"/stories/{item}/share", json={"captoin": "x"})
+    assert assert_problem(typo, 422, "invalid")["errors"][0]["field"] == "captoin"
     ok = ann.post(f"/stories/{item}/share", json={"caption": "y" * 2200})
     assert ok.status_code == 201 and len(ok.json()["caption"]) == 2200
 
 
-def test_reply_too_long_or_empty_is_422(story):
+def test_reply_too_long_or_empty_or_with_controls_is_422(story):
     bob, ann, item = story
-    for text in ("x" * 1001, "", "   ", None, 7, ["hi"]):
+    for text in ("x" * 1001, "", "   ", None, 7, ["hi"], "a\x00b", "\x1b[31mred"):
         body = assert_problem(
             ann.post(f"/stories/{item}/replies", json={"text": text}), 422, "invalid"
         )
@@ -316,16 +318,18 @@ def test_reply_too_long_or_empty_is_422(story):
     assert_problem(ann.post(f"/stories/{item}/replies", json={}), 422, "invalid")
     assert bob.get(f"/stories/{item}/replies").json()["items"] == []
     assert ann.post(f"/stories/{item}/replies", json={"text": "x" * 1000}).status_code == 201
+    assert ann.post(f"/stories/{item}/replies", json={"text": "two\nlines"}).status_code == 201
 
 
 def test_emoji_that_is_text_is_422(story):
     bob, ann, item = story
-    for emoji in ("ok", "🔥a", "1", " ", "", "🔥 ", "🔥" * 17, 5, None, "\u200b", "<3"):
+    for emoji in ("ok", "🔥a", "1", " ", "", "🔥 ", "🔥" * 17, 5, None, "\u200b", "<3",
+                  "\u200d", "🔥\u200d", "\ufe0f", "🔥🔥", "🇳🇿🇫🇷", "1\ufe0f"):  # fmt: skip
         r = ann.post(f"/stories/{item}/reactions", json={"emoji": emoji})
         assert assert_problem(r, 422, "invalid")["errors"][0]["field"] == "emoji"
     viewers = bob.get(f"/stories/{item}/viewers").json()
     assert viewers["count"] == 0
-    for emoji in ("🔥", "❤️", "👍🏽", "👨‍👩‍👧", "🇳🇿"):
+    for emoji in ("🔥", "❤️", "👍🏽", "👨‍👩‍👧", "🇳🇿", "1️⃣", "#️⃣", "❤️‍🔥", "🏳️‍🌈"):
         assert ann.post(f"/stories/{item}/reactions", json={"emoji": emoji}).status_code == 204
 
 

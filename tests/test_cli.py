@@ -217,7 +217,9 @@ def test_unreachable_redis_exits_3_with_one_line(tmp_path):
     assert not (tmp_path / "d" / "redis").exists()  # no embedded Redis was started
 
 
-@pytest.mark.parametrize("bad", [["--workers", "x"], ["--lifetime-seconds", "0"]])
+@pytest.mark.parametrize(
+    "bad", [["--workers", "x"], ["--lifetime-seconds", "0"], ["--port", "\u0668\u0660\u0660\u0660"]]
+)
 def test_bad_configuration_exits_non_zero_without_traceback(tmp_path, bad):
     done = stories(
         "serve",
@@ -251,6 +253,13 @@ def test_embedded_redis_that_dies_is_restarted_with_its_data(tmp_path):
             assert second.pid != first.pid
             assert alice.get(f"/stories/{item['id']}").status_code == 200
         assert "restarting" in log.read_text()
+
+
+def test_rollout_refuses_a_percent_of_non_ascii_digits(tmp_path):
+    done = stories("rollout", "set", "--percent", "\u0663", "--data-dir", str(tmp_path / "d"),
+                   cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and "ASCII" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "d" / "redis").exists()  # refused before touching Redis
 
 
 def test_token_refuses_an_id_the_server_would_reject(tmp_path):

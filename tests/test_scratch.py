@@ -17,9 +17,11 @@ import aioice.ice
 import httpx
 import psutil
 import pytest
+from starlette.testclient import TestClient
 
 from server.store import procs
 from server.store.scratch import process_dir, sweep, sweep_data_dir
+from tests.conftest import MEDIA
 from tests.test_capture_core import Client as Camera
 from tests.test_cli import User, free_port, serving, wait_until
 from tests.test_redis_orphans import ready, redis_serving, stop_all
@@ -109,6 +111,24 @@ async def test_server_killed_mid_capture_leaves_no_partial_file(tmp_path):
     finally:
         await camera.close()
         stop_all(redis_serving(data))
+
+
+def test_a_clean_shutdown_removes_the_process_folders(settings, login):
+    """Stopping the app (its lifespan) leaves no empty `tmp/<tag>` or `captures/<tag>`."""
+    from server.app import create_app
+    from server.store.procs import process_tag
+
+    data = Path(settings.data_dir)
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/api/v1/auth/dev-login", json={"handle": "bob"})
+        token = r.json()["token"]
+        with (MEDIA / "rocket.jpg").open("rb") as fh:
+            posted = client.post("/api/v1/stories", files={"media": ("r.jpg", fh)},
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        assert posted.status_code == 201
+        assert (data / "captures" / process_tag()).is_dir()
+    for root in ("tmp", "captures"):
+        assert not (data / root / process_tag()).exists(), root
 
 
 def test_uploads_work_in_the_process_folder(tmp_path):

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.api.checks import check_audience, check_caption
+from server.api.checks import check_audience, check_caption, check_fields
 from server.api.common import caller, limited, post_gate, read_json, services
 from server.api.responses import JSONResponse, no_content
 from server.core.errors import field_error
@@ -21,6 +21,7 @@ async def start_capture(request: Request) -> Response:
     _, user = await post_gate(request)
     svc = services(request)
     body = await read_json(request, max_bytes=svc.captures.config.max_sdp_bytes + 8192)
+    check_fields(body, {"sdp", "type", "caption", "audience"})
     sdp = body.get("sdp")
     if not isinstance(sdp, str):
         raise field_error("sdp", "an SDP offer is required")

@@ -126,7 +126,7 @@ async def media(request: Request) -> Response:
     item, variant = request.path_params["item"], request.path_params["variant"]
     q = request.query_params
     scope, sig = q.get("s", ""), q.get("sig", "")
-    exp = parse.uint(q.get("exp", ""))
+    exp = parse.canonical_uint(q.get("exp", ""))  # one spelling per URL (cache keys)
     now = svc.store.clock.now_ms()
     if (
         variant not in VARIANTS

@@ -8,7 +8,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.api.checks import check_audience, check_caption, check_lifetime
+from server.api.checks import (
+    check_audience,
+    check_caption,
+    check_fields,
+    check_lifetime,
+    check_reply,
+)
 from server.api.common import (
     caller,
     encode_cursor,
@@ -76,6 +82,7 @@ async def share_story(request: Request) -> Response:
     _, user = await post_gate(request)
     svc = services(request)
     body = await read_json(request)
+    check_fields(body, {"caption", "audience", "lifetime_h"})
     original, _, source = await svc.reader.visible_with_source(
         user["id"], request.path_params["id"]
     )
@@ -167,6 +174,7 @@ async def _message_gate(request: Request) -> User:
 async def react(request: Request) -> Response:
     user = await _message_gate(request)
     body = await read_json(request)
+    check_fields(body, {"emoji"})
     await services(request).seen.react(
         user, request.path_params["id"], check_emoji(body.get("emoji"))
     )
@@ -177,12 +185,10 @@ async def reply(request: Request) -> Response:
     user = await _message_gate(request)
     svc = services(request)
     body = await read_json(request)
-    text = body.get("text")
-    limit = svc.settings.max_reply_chars
-    if not isinstance(text, str) or not text.strip() or len(text) > limit:
-        raise field_error("text", f"1-{limit} characters")
+    check_fields(body, {"text"})
+    text = check_reply(body.get("text"), svc.settings.max_reply_chars)
     return JSONResponse(
-        await svc.seen.reply(user, request.path_params["id"], text.strip()), status_code=201
+        await svc.seen.reply(user, request.path_params["id"], text), status_code=201
     )
 
 

@@ -81,3 +81,12 @@ def sweep_data_dir(data: Path) -> list[Path]:
     if removed:
         log.info("removed %d partial file(s)/folder(s) left by stopped processes", len(removed))
     return removed
+
+
+def remove_own_dirs(data: Path) -> None:
+    """At a clean shutdown: remove this process's folders of every scratch root.
+
+    Called once captures and uploads have ended; what is left in them is garbage.
+    """
+    for name in SCRATCH_ROOTS:
+        shutil.rmtree(data / name / procs.process_tag(), ignore_errors=True)

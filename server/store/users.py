@@ -95,8 +95,15 @@ class UserStore:
     async def create(
         self, handle: str, display_name: str | None = None, uid: str | None = None
     ) -> User:
-        """A new user; raises Conflict (409) when the handle is taken."""
+        """A new user; raises Conflict (409) when the handle is taken.
+
+        A handle that is another user's id counts as taken: `/users/{ref}` looks
+        ids up first, so that handle could never be found, and would pass for
+        the user whose id it is.
+        """
         uid = uid or "u_" + secrets.token_hex(6)
+        if handle != uid and await self.r.exists(self.k.user(handle)):
+            raise Conflict(f"handle {handle!r} is taken")
         if not await self.r.set(self.k.handle(handle), uid, nx=True):
             raise Conflict(f"handle {handle!r} is taken")
         fields = {"id": uid, "handle": handle, "display_name": display_name or handle}
@@ -131,9 +138,10 @@ class UserStore:
             return user
         try:
             return await self.create(handle)
-        except Conflict:  # a concurrent login created it
+        except Conflict:  # a concurrent login created it, or the handle is someone's id
             found = await self.by_handle(handle)
-            assert found is not None
+            if found is None:
+                raise
             return found
 
     async def set_display_name(self, uid: str, name: str) -> User:

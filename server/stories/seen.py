@@ -30,12 +30,62 @@ MAX_EMOJI_CHARS = 16
 MAX_REPLIES_KEPT = 1000
 
 
+ZWJ, KEYCAP = "\u200d", "\u20e3"
+MODIFIERS = frozenset("\ufe0e\ufe0f" + KEYCAP) | {chr(c) for c in range(0x1F3FB, 0x1F400)}
+TAGS = range(0xE0020, 0xE0080)  # subdivision flags: black flag + tag letters + cancel tag
+REGIONAL = range(0x1F1E6, 0x1F200)  # two of them make a country flag
+KEYCAP_BASES = frozenset("0123456789#*")
+
+
+def emoji_count(text: str) -> int | None:
+    """How many emoji `text` is, by the shapes of Unicode TS #51 sequences; None if not emoji.
+
+    An emoji is a pictograph (category So) or a keycap base (`0-9 # *`, which
+    needs U+20E3 after it), then any modifiers (variation selectors, skin tones,
+    the keycap mark, tag characters); ZWJ joins the next one into the same emoji
+    (a family, a profession), and two regional indicators make one flag. A
+    simplification of the spec's grammar: it accepts some sequences no vendor
+    draws, and refuses text, spaces, controls and stray joiners.
+    """
+    count, joined, keycap_open = 0, False, False
+    regional_open = False
+    for ch in text:
+        code = ord(ch)
+        if ch == ZWJ:
+            if count == 0 or joined or keycap_open:
+                return None
+            joined = True
+        elif ch in MODIFIERS or code in TAGS:
+            if count == 0 or joined:
+                return None
+            if ch == KEYCAP:
+                keycap_open = False
+        elif code in REGIONAL:
+            if regional_open and not joined:
+                regional_open = False  # the second of a flag's pair
+            else:
+                count += 0 if joined else 1
+                regional_open, joined = True, False
+        elif unicodedata.category(ch) == "So" or ch in KEYCAP_BASES:
+            if keycap_open:
+                return None
+            count += 0 if joined else 1
+            joined, regional_open = False, False
+            keycap_open = ch in KEYCAP_BASES
+        else:
+            return None
+    return None if joined or keycap_open or count == 0 else count
+
+
 def check_emoji(raw: object) -> str:
-    """A reaction: 1-16 characters, none of them letters, digits or spaces. Raises 422."""
+    """A reaction: exactly one emoji (`emoji_count`), at most 16 code points. Raises 422."""
     if not isinstance(raw, str) or not 0 < len(raw) <= MAX_EMOJI_CHARS:
         raise field_error("emoji", f"1-{MAX_EMOJI_CHARS} characters")
-    if any(unicodedata.category(ch)[0] in "LNZC" and ch not in "\u200d\ufe0f" for ch in raw):
+    count = emoji_count(raw)
+    if count is None:
         raise field_error("emoji", "must be emoji, not text")
+    if count != 1:
+        raise field_error("emoji", "one emoji per reaction")
     return raw
 
 
@@ -81,14 +131,15 @@ class SeenBook:
         if len(pipe):
             await pipe.execute()
 
-    async def _owned(self, caller: str, text_id: str) -> ItemRecord:
-        """The caller's own item in any status (archive included). 404 / 403 otherwise."""
+    async def _owned(self, caller: str, text_id: str, what: str) -> ItemRecord:
+        """The caller's own item in any status (archive included). 404 / 403 otherwise;
+        `what` names what only the owner may see, for the 403."""
         rec = await self.reader.record(text_id)
         if rec is None:
             raise NotFound(f"no story item {text_id}")
         if rec.owner != caller:
             await self.reader.visible(caller, text_id)  # 404 when not even visible
-            raise Forbidden("only the owner can see who viewed a story item")
+            raise Forbidden(f"only the owner can see {what} of a story item")
         if rec.shared_from and not await self.reader.shown(caller, [rec]):
             raise NotFound(f"no story item {text_id}")  # a share ends with its source
         return rec
@@ -99,7 +150,7 @@ class SeenBook:
         The cursor is `"<seen_at ms>:<viewer id>"` of the last entry returned, so
         pages stay stable while new viewers arrive.
         """
-        rec = await self._owned(caller, text_id)
+        rec = await self._owned(caller, text_id, "who viewed")
         k = self.s.keys
         views = k.views(rec.owner, rec.seq)
         top, skip_through = "+inf", None
@@ -163,6 +214,6 @@ class SeenBook:
 
     async def replies(self, caller: str, text_id: str) -> list[Json]:
         """The replies to the caller's own item, oldest first (at most 1000)."""
-        rec = await self._owned(caller, text_id)
+        rec = await self._owned(caller, text_id, "the replies")
         raw = await self.s.redis.lrange(self.s.keys.replies(rec.owner, rec.seq), 0, -1)
         return [orjson.loads(r) for r in raw]
