@@ -761,7 +761,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "phase_s": args.phase_s,
             "burst_posts": args.burst,
             "drain_s": args.drain_s,
-            "posting": "StoryWriter._publish_new (server/lua/post_item.lua) from the bench process",
+            "posting": "StoryWriter._publish_new (server/store/lua/post_item.lua) from the bench process",
         },
         "seed_s": round(seed_s, 1),
         **results,
@@ -933,7 +933,7 @@ Where the stories server's time goes at {profiled[0]["followers"]} followers
     if run.get("server_log_after"):
         incidents.append("- logged after the last phase: " + "; ".join(run["server_log_after"][:3]))
     deaf_note = (
-        '\nA "deaf" verdict comes from the broker\'s canary (`server/broker.py`): its own '
+        '\nA "deaf" verdict comes from the broker\'s canary (`server/push/broker.py`): its own '
         "message, published every second, was not read back within 3 s because the event "
         "loop was busy fanning out the backlog, so the pub/sub connection was torn down and "
         "rebuilt; whatever was still queued on it is dropped, and `Hub.resync_all` then "

@@ -2,7 +2,7 @@
 
 An item the caller may not see answers exactly like a missing one: 404 with the
 same problem body (only the id in `detail` differs). Then pure unit tests of the
-rules in `server/audience.py` and `server/tray.py`, with exact input/output.
+rules in `server/core/audience.py` and `server/core/tray.py`, with exact input/output.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pure tests: the hub's interest table (`server/interest.py`) and the sign-in gate.
+"""Pure tests: the hub's interest table (`server/push/interest.py`) and the sign-in gate.
 
 The interest table's contract: `join`, `leave` and `gone` report exactly the
 channels that became live or empty; `gone` touches only the channels it is

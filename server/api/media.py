@@ -1,4 +1,4 @@
-"""HTTP: media files behind signed URLs (`signing.py`), with Range support.
+"""HTTP: media files behind signed URLs (`server/core/signing.py`), with Range support.
 
 Answers 404 — never 403 — for a bad signature, a past `exp`, or an item that
 is no longer live (scope `live`) or past its archive retention (scope

@@ -7,7 +7,7 @@ until the socket closes. Malformed frames and floods close with 1008; frames
 over `ws_max_frame_bytes` close with 1009 (uvicorn enforces `ws_max_size`).
 While the process drains (SIGTERM) a handshake is refused before accept: HTTP
 503 with Retry-After (`refuse`).
-Signing in passes the hub's sign-in gate (`admission.py`): when too many
+Signing in passes the hub's sign-in gate (`server/push/admission.py`): when too many
 sockets sign in at once the socket closes 1013 with `{"retry_after_ms"}`, as
 it does when Redis is unreachable.
 """
@@ -167,7 +167,7 @@ async def _sign_in(ws: _Socket, svc: Services, conn: Connection, claims: dict[st
     """Through the sign-in gate: the hub's sign-in, `hello`, then the snapshot (`Hub.attach`).
 
     False when the socket is closed instead: 1013 with `{"retry_after_ms"}` when
-    too many sockets are signing in (`admission.py`), 1012 when draining.
+    too many sockets are signing in (`server/push/admission.py`), 1012 when draining.
     Redis errors propagate (the endpoint closes 1013 with a wait too).
     """
     hub = svc.hub

@@ -24,7 +24,7 @@ class ItemRecord:
     """One item as stored. Times in epoch ms; `status` is active | expired | deleted.
 
     A share (`source` "share") has no files of its own: `media_key` and
-    `poster_key` are empty and its media is its source's (`server/shares.py`).
+    `poster_key` are empty and its media is its source's (`server/stories/shares.py`).
     """
 
     owner: str

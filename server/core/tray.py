@@ -22,7 +22,7 @@ class ActiveItem:
     """One active item as stored in an owner's items index: seq, audience, times in ms.
 
     `source` is the id of the item a share points at (None for everything else):
-    a share is visible only where its source is (`server/shares.py`).
+    a share is visible only where its source is (`server/stories/shares.py`).
     """
 
     seq: int

@@ -3,7 +3,7 @@
 `StoryFile` owns the container; `VideoOut` fits frames to 720x1280 (centre crop to
 9:16, scale), encodes them with x264 and writes the poster; `AudioOut` resamples to
 48 kHz stereo, fills gaps with silence and encodes AAC-LC. Each output is driven by
-its own thread (see `server/lanes.py`); the two share the container, so every
+its own thread (see `server/live/lanes.py`); the two share the container, so every
 `mux()` goes through `StoryFile.mux` under one lock. No method here touches the
 event loop.
 

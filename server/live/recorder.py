@@ -11,13 +11,13 @@ bench/capture.py):
   later crashes libavformat (SIGFPE);
 * one consumer task per track takes frames from aiortc as soon as they are decoded
   and stamps them; each track then has its own encoder thread and bounded queue
-  (`server/lanes.py`): audio is never serialized behind video, and a video encoder
+  (`server/live/lanes.py`): audio is never serialized behind video, and a video encoder
   that falls behind drops its oldest waiting frames (counted) instead of letting
   aiortc's unbounded queue grow; nothing is encoded on the event loop;
 * timestamps come from the sender's RTP clock, rebased: t=0 is when the first frame
   to arrive (any track) was sent, as far as the receiver can tell; a track's frames
   keep their RTP spacing, shifted to when its first frame was sent (its arrival less
-  what aiortc's jitter buffer held it back: `server/timeline.py`); audio gaps are
+  what aiortc's jitter buffer held it back: `server/live/timeline.py`); audio gaps are
   filled with silence;
 * video is stored at most at MAX_FPS: frames closer than MIN_FRAME_GAP_S to the
   previous stored one are skipped (counted), so a 60 fps sender costs what 30 does;
@@ -62,7 +62,7 @@ STOP_GRACE_S = 0.25  # how long stop() waits for frames sent before it that are 
 BEHIND_FRAMES = 5  # a video queue this long means the encoder is not keeping up
 BEHIND_WINDOW_S = 2.0  # ... and so does a frame dropped within this many seconds
 # aiortc's receiver hands a frame out once this many later frames have begun to arrive
-# (server/timeline.py): what places the stop on each track's timeline
+# (server/live/timeline.py): what places the stop on each track's timeline
 VIDEO_HOLD_FRAMES, AUDIO_HOLD_FRAMES = 1, 4
 
 

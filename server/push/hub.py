@@ -8,7 +8,7 @@ tray entries differ by viewer (seen state, close friends) and are encoded once
 per distinct entry. Tray entries are computed from the cache, not from Redis,
 so pushing a post costs no Redis work per follower.
 
-Shares (`shares.py`): a share is pushed, counted and removed only where its
+Shares (`server/stories/shares.py`): a share is pushed, counted and removed only where its
 source is visible too. The cache keeps each share's `Source` (audience, status;
 from the event, or read once when the owner is loaded), and a view of an owner
 whose ring holds shares includes the viewer's relation to each source owner, so
@@ -99,7 +99,7 @@ class Hub:
         self._unknown: set[str] = set()  # event types already logged as unknown
 
     def _handler_table(self) -> dict[str, Handler]:
-        """Event type (`events.py`) → what the hub does with it; built once.
+        """Event type (`server/core/events.py`) → what the hub does with it; built once.
 
         Lifecycle events update the owner cache and fan out per audience;
         `seen.sync`, `graph.changed` and `story.viewed` change per-connection state;

@@ -1,7 +1,7 @@
 """The hub's per-owner cache: an owner's active items, User, and the sources of their shares.
 
 The hub computes tray entries from it instead of Redis (`hub.py`), so it must
-apply the share rule of `shares.py` too: `sources` keeps the `Source` of each
+apply the share rule of `server/stories/shares.py` too: `sources` keeps the `Source` of each
 cached share (from the story.new event, or read once when the owner is loaded),
 updated by story.source_audience events and dropped with the last share of it.
 """

@@ -7,7 +7,7 @@ AOF persistence; the socket is a unix socket. Never two redis-servers on one AOF
 * a lock file held for the life of the owning process makes a second server on
   the same data dir refuse clearly instead of sharing (and corrupting) the AOF;
 * redis-server gets SIGTERM from the kernel when its owner dies, even by SIGKILL
-  (`prctl(PR_SET_PDEATHSIG)`, see `server/procs.py`), and SIGTERM makes Redis
+  (`prctl(PR_SET_PDEATHSIG)`, see `server/store/procs.py`), and SIGTERM makes Redis
   write its AOF and exit;
 * `redis/owner.json` names the redis-server we started (PID, start time, socket).
   Before starting one, the new owner (it holds the lock, so no live server owns

@@ -1,4 +1,4 @@
-"""The Lua scripts of `server/lua/`, loaded once per Redis client.
+"""The Lua scripts of `server/store/lua/`, loaded once per Redis client.
 
 redis-py's `Script` objects run by EVALSHA and fall back to EVAL after a
 restart flushed the script cache, so callers just `await script(keys, args)`.

@@ -2,7 +2,7 @@
 
 Every read filters on `expires_at` itself, so an item vanishes at its expiry
 even before the sweeper has run, and applies the audience rules of
-`audience.py`; an item the caller may not see is answered as missing.
+`server/core/audience.py`; an item the caller may not see is answered as missing.
 
 The tray is computed on read in two round trips whatever the number of
 followed owners: (1) the viewer's seen map, close-friend-of and hidden-from
@@ -10,14 +10,14 @@ sets, and ZINTER of the following list with `act:owners` (owners with items
 that have not all expired: one ZADD GT per post keeps it, the sweeper trims
 it), so owners without stories cost nothing after this point;
 (2) `tray_scan.lua`, which computes those owners' rings inside Redis (the
-rules of `tray.py`) and returns only rings with items, with their User records. (A pipeline of one ZRANGEBYSCORE per owner also took a constant
+rules of `server/core/tray.py`) and returns only rings with items, with their User records. (A pipeline of one ZRANGEBYSCORE per owner also took a constant
 number of round trips, but spent ~25 µs of client CPU per followed owner,
 most of them empty: 55 ms per tray at 2,000 followed; see docs/benchmarks.md.)
 (3) Only when those rings hold shares: their sources and the viewer's relations
 to the source owners, in one pipeline (`shares.visible_sources`); the shares
 that pass are added to their rings (`tray.merge_ring`).
 
-Shares (`server/shares.py`): every read here — one item, a user's stories, the
+Shares (`server/stories/shares.py`): every read here — one item, a user's stories, the
 tray, the archive, media — shows a share only while its source is live and
 visible to the caller under the source owner's rules, so the tray's rings and
 `user_stories` always count the same items.

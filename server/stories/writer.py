@@ -5,7 +5,7 @@ one INCR for the seq, one Lua script (record + index + publish), one ZADD to
 the expiry schedule. Files are moved into storage before the script runs and
 removed again if it fails, so a rejected post leaves no file, key or event.
 
-Shares (`server/shares.py`): a share has no files (its media is its source's),
+Shares (`server/stories/shares.py`): a share has no files (its media is its source's),
 expires no later than its source, and is listed in the source's share index
 (`st:{source owner}:shares:<seq>`, on the source owner's slot) before it is
 posted. Ending a source ends its shares through that index (`end`), each by
