@@ -1051,7 +1051,14 @@ def main() -> int:
         "--drain-deaf", type=int, default=50, help="sockets that never answer a close"
     )
     drain.add_argument("--drain-runs", default="still,obedient,deaf", type=lambda s: s.split(","))
+    before = p.add_argument_group("before/after (bench/fanout_before.py): this tree vs a git ref")
+    before.add_argument("--before", metavar="REF", help="compare CPU per delivery with REF")
+    before.add_argument("--rounds", type=int, default=3, help="alternating rounds per phase")
     args = p.parse_args()
+    if args.before:
+        from bench.fanout_before import run_cli as before_cli
+
+        return before_cli(args)
     if args.drain:
         from bench.fanout_drain import run_cli
 

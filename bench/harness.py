@@ -184,6 +184,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    root: Path = ROOT  # the source tree whose `server` package runs (another ref's, to compare)
 
     @property
     def base_url(self) -> str:
@@ -194,7 +195,9 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(self.root), os.environ.get("PYTHONPATH")])
+            ),
             "STORIES_REDIS_PREFIX": self.prefix,
             "STORIES_LOG_LEVEL": "warning",  # no access log line per request
             **self.env,
@@ -204,7 +207,7 @@ class ServerProcess:
                 "--port", str(self.port), "--data-dir", str(self.data_dir),
                 *(("--redis-url", self.redis_url) if self.redis_url else ()), "--dev-login"]  # fmt: skip
         log = (self.data_dir / "server.log").open("wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(args, cwd=self.root, env=env, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
         log.close()

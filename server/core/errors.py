@@ -181,6 +181,3 @@ class StorageUnavailable(ServiceUnavailable):
     """The media store (local disk or object store) did not answer; retry shortly."""
 
     slug, title = "storage-unavailable", "Media storage is unavailable"
-
-    def __init__(self, detail: str = "", *, retry_after_s: int = 5) -> None:
-        super().__init__(detail, retry_after_s=retry_after_s)

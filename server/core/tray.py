@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from server.core.audience import CODE_AUDIENCES, Relation, can_see
+from server.core.clock import rfc3339
+from server.core.keys import item_id
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,17 @@ class TrayState:
     item_count: int
     latest_ms: int
     first_unseen_seq: int | None
+
+    def entry(self, owner: dict[str, Any]) -> dict[str, Any]:
+        """The TrayEntry JSON (PROTOCOL.md) of this ring, with `owner`'s User attached."""
+        first = self.first_unseen_seq
+        return {
+            "owner": owner,
+            "has_unseen": self.has_unseen,
+            "item_count": self.item_count,
+            "latest_at": rfc3339(self.latest_ms),
+            "first_unseen_id": item_id(self.owner_id, first) if first is not None else None,
+        }
 
 
 def in_tray(is_owner: bool, follows: bool, hidden: bool) -> bool:

@@ -15,8 +15,6 @@ from typing import Any
 
 from server.core import frames
 from server.core.audience import Relation
-from server.core.clock import rfc3339
-from server.core.keys import item_id
 from server.core.tray import TrayState, in_tray, order_tray, ring, visible_items
 from server.push.connection import Connection
 from server.push.owner_cache import OwnerCache, SourceViews
@@ -68,11 +66,7 @@ class TrayViews:
         state = ring(owner, items, seen, own=is_owner)
         if state is None:
             return None
-        first = item_id(owner, state.first_unseen_seq) if state.first_unseen_seq else None
-        entry = {"owner": oc.user if oc else {"id": owner}, "has_unseen": state.has_unseen,
-                 "item_count": state.item_count, "latest_at": rfc3339(state.latest_ms),
-                 "first_unseen_id": first}  # fmt: skip
-        return state, entry
+        return state, state.entry(oc.user if oc else {"id": owner})
 
     def entry_frame(
         self, owner: str, view: View, cache: dict[View, frames.Encoded]

@@ -30,6 +30,7 @@ from server.core.errors import StorageUnavailable
 from server.store.storage import StoredFile
 
 RETRY_TIMEOUT = dt.timedelta(seconds=4)
+RETRY_AFTER_S = 5  # told to clients while the store does not answer
 CHUNK = 256 * 1024
 
 
@@ -69,7 +70,9 @@ def s3_store(
 
 
 def _unavailable(exc: BaseError) -> StorageUnavailable:
-    return StorageUnavailable(f"object storage did not answer: {type(exc).__name__}")
+    return StorageUnavailable(
+        f"object storage did not answer: {type(exc).__name__}", retry_after_s=RETRY_AFTER_S
+    )
 
 
 class ObjectStorage:

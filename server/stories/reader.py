@@ -31,10 +31,9 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 
 from server.core.audience import Relation
-from server.core.clock import rfc3339
 from server.core.errors import NotFound
 from server.core.items import ItemRecord, Json, render
-from server.core.keys import item_id, split_item_id
+from server.core.keys import split_item_id
 from server.core.tray import (
     ActiveItem,
     TrayState,
@@ -255,18 +254,7 @@ class StoryReader:
     @staticmethod
     def _tray_entries(rings: list[TrayState], users: dict[str, Json]) -> list[Json]:
         """TrayEntry JSON for `rings`, in their order."""
-        return [
-            {
-                "owner": users.get(r.owner_id) or {"id": r.owner_id},
-                "has_unseen": r.has_unseen,
-                "item_count": r.item_count,
-                "latest_at": rfc3339(r.latest_ms),
-                "first_unseen_id": item_id(r.owner_id, r.first_unseen_seq)
-                if r.first_unseen_seq is not None
-                else None,
-            }
-            for r in rings
-        ]
+        return [r.entry(users.get(r.owner_id) or {"id": r.owner_id}) for r in rings]
 
     async def archive(self, owner: str, offset: int, limit: int) -> tuple[list[Json], int | None]:
         """The owner's expired or deleted items, newest first: (items, next offset)."""
