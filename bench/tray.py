@@ -126,8 +126,8 @@ async def seed(store: Any, rng: random.Random) -> dict[int, int]:
             pipe.hset(k.item(owner, rec.seq), mapping=rec.to_hash())
             pipe.pexpireat(k.item(owner, rec.seq), rec.expires_ms + retention_ms)
             pipe.zadd(k.items(owner), {member: rec.expires_ms})
-            pipe.zadd(k.expiry_schedule(), {rec.id: rec.expires_ms})
-            pipe.zadd(k.active_owners(), {owner: rec.expires_ms}, gt=True)
+            pipe.zadd(k.expiry_schedule_of(rec.id), {rec.id: rec.expires_ms})
+            pipe.zadd(k.active_owners_of(owner), {owner: rec.expires_ms}, gt=True)
         pipe.set(k.seq(owner), len(recs))
     for n, v in viewers.items():
         for i in range(0, n, ACTIVE_EVERY):

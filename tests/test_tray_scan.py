@@ -1,4 +1,4 @@
-"""`tray_scan.lua` computes rings inside Redis; they must equal `tray.py`'s pure rules."""
+"""`tray_ring.lua` computes rings inside Redis; they must equal `core/tray.py`'s pure rules."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ async def test_lua_rings_equal_the_python_rules(reader, world):
         active = [ActiveItem(n + 1, aud, NOW + c, NOW + e) for n, (aud, c, e) in enumerate(items)]
         for item in active:
             await s.redis.zadd(k.items(owner), {item.member(): item.expires_ms})
-            await s.redis.zadd(k.active_owners(), {owner: item.expires_ms}, gt=True)
+            await s.redis.zadd(k.active_owners_of(owner), {owner: item.expires_ms}, gt=True)
         if not hidden:
             relation = Relation(follows=True, close_friend=cf)
             state = ring(owner, visible_items(active, relation, NOW), seen_seq, own=False)

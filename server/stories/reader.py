@@ -4,18 +4,24 @@ Every read filters on `expires_at` itself, so an item vanishes at its expiry
 even before the sweeper has run, and applies the audience rules of
 `audience.py`; an item the caller may not see is answered as missing.
 
-The tray is computed on read in two round trips whatever the number of
-followed owners: (1) the viewer's seen map, close-friend-of and hidden-from
-sets, and ZINTER of the following list with `act:owners` (owners with items
-that have not all expired: one ZADD GT per post keeps it, the sweeper trims
-it), so owners without stories cost nothing after this point;
-(2) `tray_scan.lua`, which computes those owners' rings inside Redis (the
-rules of `tray.py`) and returns only rings with items, with their User records. (A pipeline of one ZRANGEBYSCORE per owner also took a constant
-number of round trips, but spent ~25 µs of client CPU per followed owner,
-most of them empty: 55 ms per tray at 2,000 followed; see docs/benchmarks.md.)
-(3) Only when those rings hold shares: their sources and the viewer's relations
+The tray is computed on read in three round trips whatever the number of
+followed owners (on a Redis Cluster: three per node, the nodes in parallel),
+each touching one slot per command:
+(1) the viewer's following list, close-friend-of and hidden-from sets and seen
+map, in one call on the viewer's slot (`sign_in.lua`);
+(2) which of those owners may have a ring: one ZMSCORE per bucket of the
+active-owners index (`act:owners:{b<n>}`, owner → latest `expires_at`; one ZADD
+GT per post keeps it, the sweeper trims it), so owners without stories cost
+nothing after this point;
+(3) one `tray_ring.lua` per active owner, which computes the owner's ring inside
+Redis on the owner's slot (the rules of `core/tray.py`) and returns it only when
+it has items, with the owner's User record.
+(4) Only when those rings hold shares: their sources and the viewer's relations
 to the source owners, in one pipeline (`shares.visible_sources`); the shares
 that pass are added to their rings (`tray.merge_ring`).
+No command spans two owners' slots (issue 11: before the Cluster, one ZINTER
+with a single active-owners key and one script over every owner's keys did (1)-(3)
+in two trips; docs/benchmarks.md compares the two).
 
 Shares (`server/shares.py`): every read here — one item, a user's stories, the
 tray, the archive, media — shows a share only while its source is live and
@@ -32,8 +38,9 @@ from server.core.audience import Relation
 from server.core.clock import rfc3339
 from server.core.errors import NotFound
 from server.core.items import ItemRecord, Json, render
-from server.core.keys import item_id, split_item_id
+from server.core.keys import bucket, item_id, split_item_id
 from server.core.tray import ActiveItem, TrayState, merge_ring, order_tray, ring, visible_items
+from server.store.scripts import Batch
 from server.store.store import Store
 from server.stories.shares import Source, visible_sources
 
@@ -190,28 +197,28 @@ class StoryReader:
         """The caller's tray entries in PROTOCOL.md order (see module docstring)."""
         k = self.s.keys
         now = self.s.clock.now_ms()
-        pipe = self.s.redis.pipeline(transaction=False)
-        pipe.hgetall(k.seen(viewer))
-        pipe.smembers(k.close_friend_of(viewer))
-        pipe.smembers(k.hidden_from(viewer))
-        pipe.zinter({k.following(viewer): 0, k.active_owners(): 1}, withscores=True)
-        seen_raw, cfof_raw, hidden_raw, active_raw = await pipe.execute()
+        viewer_keys = [k.following(viewer), k.close_friend_of(viewer), k.hidden_from(viewer),
+                       k.seen(viewer), k.items(viewer), k.user(viewer)]  # fmt: skip
+        following, cfof_raw, hidden_raw, seen_raw, _, _ = await self.s.scripts.sign_in(
+            keys=viewer_keys, args=["", ""]
+        )
         hidden = {m.decode() for m in hidden_raw}
         cfof = {m.decode() for m in cfof_raw}
-        seen = {key.decode(): int(v) for key, v in seen_raw.items()}
-        active = [m.decode() for m, until in active_raw if until > now]
-        owners = list(dict.fromkeys([viewer] + [o for o in active if o not in hidden]))
-        args: list[Any] = [now, k.p]
+        seen = {o.decode(): int(v) for o, v in zip(seen_raw[::2], seen_raw[1::2], strict=True)}
+        followed = [o for o in (m.decode() for m in following) if o not in hidden and o != viewer]
+        owners = [viewer, *await self._active_owners(followed, now)]
+        batch = Batch(self.s.redis)
         for owner in owners:
             rel = "o" if owner == viewer else ("c" if owner in cfof else "f")
-            args += [owner, seen.get(owner, 0), rel]
-        flat = await self.s.scripts.tray_scan(keys=[], args=args)
+            batch.script(self.s.scripts.tray_ring, [k.items(owner), k.user(owner)],
+                         [now, seen.get(owner, 0), rel])  # fmt: skip
         rings: list[TrayState] = []
         users: dict[str, Json] = {}
         shares: dict[str, list[ActiveItem]] = {}
-        for n in range(0, len(flat), 6):
-            index, count, latest, first, user, shared = flat[n : n + 6]
-            owner = owners[int(index)]
+        for owner, found in zip(owners, await batch.execute(), strict=True):
+            if not found:
+                continue
+            count, latest, first, user, shared = found
             users[owner] = _user(owner, user)
             if count:
                 rings.append(
@@ -222,6 +229,25 @@ class StoryReader:
         if shares:
             rings = await self._with_shares(viewer, rings, shares, seen)
         return self._tray_entries(order_tray(viewer, rings), users)
+
+    async def _active_owners(self, owners: list[str], now_ms: int) -> list[str]:
+        """Those of `owners` with an item unexpired at `now_ms`, in their order.
+
+        One ZMSCORE per active-owners bucket, pipelined (one round trip per node).
+        """
+        by_bucket: dict[int, list[str]] = {}
+        for owner in owners:
+            by_bucket.setdefault(bucket(owner), []).append(owner)
+        if not by_bucket:
+            return []
+        pipe = self.s.redis.pipeline(transaction=False)
+        for n, members in by_bucket.items():
+            pipe.zmscore(self.s.keys.active_owners(n), members)
+        active: set[str] = set()
+        for members, scores in zip(by_bucket.values(), await pipe.execute(), strict=True):
+            active.update(o for o, until in zip(members, scores, strict=True)
+                          if until is not None and until > now_ms)  # fmt: skip
+        return [o for o in owners if o in active]
 
     async def _with_shares(
         self,
