@@ -66,6 +66,20 @@ def on_cluster() -> bool:
     return os.environ.get("STORIES_TEST_REDIS", "") == "cluster"
 
 
+def sync_redis(url: str) -> Any:
+    """A blocking client of `url` for a test's own reads: `redis.Redis`, or on a
+    `redis+cluster://` URL a `redis.cluster.RedisCluster` (whose `scan_iter` walks
+    every primary). Close it after use."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    from server.store.client import cluster_nodes, is_cluster_url
+
+    if is_cluster_url(url):
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)])
+    return redis.Redis.from_url(url)
+
+
 @pytest.fixture
 def settings(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> Settings:
     url = request.getfixturevalue("cluster_url") if on_cluster() else redis_url
