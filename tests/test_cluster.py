@@ -214,7 +214,7 @@ def test_a_flushed_script_cache_costs_no_write(login, cluster_url):
     _flush_scripts(cluster_url)
     assert alice.post(f"/stories/{item['id']}/seen").status_code == 204  # seen_max.lua
     _flush_scripts(cluster_url)
-    [entry] = alice.get("/tray").json()["items"]  # tray_ring.lua, one per owner
+    [entry] = alice.get("/tray").json()["items"]  # tray_scan.lua, one per slot
     assert entry["owner"]["id"] == bob.id and entry["has_unseen"] is False
     assert bob.get(f"/stories/{item['id']}").json()["view_count"] == 1
     assert [i["id"] for i in alice.get(f"/users/{bob.id}/stories").json()["items"]] == [item["id"]]

@@ -23,9 +23,9 @@ __all__ = ["BUCKETS", "Keys", "bucket", "item_id", "split_item_id"]
 BUCKETS = 16  # buckets of each global index; changing it moves every entry (see Keys)
 
 
-def bucket(name: str) -> int:
+def bucket(name: str | bytes) -> int:
     """The bucket (0 to BUCKETS - 1) of an owner id or item id: CRC-32 of its UTF-8 bytes."""
-    return zlib.crc32(name.encode()) % BUCKETS
+    return zlib.crc32(name.encode() if isinstance(name, str) else name) % BUCKETS
 
 
 def item_id(owner_id: str, seq: int) -> str:

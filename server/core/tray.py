@@ -94,7 +94,7 @@ def merge_ring(
 
     Equals `ring()` over both sets together: counts add up, `latest` and the
     first unseen seq are a max and a min. The tray uses it to add the shares whose
-    sources it checked after `tray_ring.lua` computed the rest of the ring.
+    sources it checked after `tray_scan.lua` computed the rest of the ring.
     """
     more = ring(owner_id, sorted(extra, key=lambda i: i.seq), seen_seq, own=own)
     if base is None or more is None:

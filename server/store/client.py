@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 
 CLUSTER_SCHEME = "redis+cluster"
 TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 10}
@@ -69,6 +70,22 @@ def redis_client(url: str, max_connections: int = 100) -> aioredis.Redis:
         url, max_connections=max_connections, timeout=5, **TIMEOUTS
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def slot_groups(redis: aioredis.Redis, names: list[str]) -> list[list[int]]:
+    """Indexes of `names` (one key name per entry) grouped for one script call per group.
+
+    One Redis: a single group of everything (a script may touch any keys). A
+    Cluster: one group per hash slot, since a script call must stay in one slot.
+    """
+    if not names:
+        return []
+    if not isinstance(redis, RedisCluster):
+        return [list(range(len(names)))]
+    groups: dict[int, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(key_slot(name.encode()), []).append(i)
+    return list(groups.values())
 
 
 def pubsub_client(url: str) -> aioredis.Redis:

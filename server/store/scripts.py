@@ -23,14 +23,14 @@ LUA_DIR = Path(__file__).parent / "lua"
 
 
 class Scripts:
-    """Every script of `lua/`, bound to one client (`post_item`, `tray_ring`, ...)."""
+    """Every script of `lua/`, bound to one client (`post_item`, `tray_scan`, ...)."""
 
     def __init__(self, redis: Redis) -> None:
         self.post_item = self._load(redis, "post_item")
         self.end_item = self._load(redis, "end_item")
         self.set_audience = self._load(redis, "set_audience")
         self.seen_max = self._load(redis, "seen_max")
-        self.tray_ring = self._load(redis, "tray_ring")
+        self.tray_scan = self._load(redis, "tray_scan")
         self.sign_in = self._load(redis, "sign_in")
         self.unlock = self._load(redis, "unlock")
 

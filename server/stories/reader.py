@@ -6,22 +6,22 @@ even before the sweeper has run, and applies the audience rules of
 
 The tray is computed on read in three round trips whatever the number of
 followed owners (on a Redis Cluster: three per node, the nodes in parallel),
-each touching one slot per command:
+no command spanning two slots:
 (1) the viewer's following list, close-friend-of and hidden-from sets and seen
 map, in one call on the viewer's slot (`sign_in.lua`);
 (2) which of those owners may have a ring: one ZMSCORE per bucket of the
 active-owners index (`act:owners:{b<n>}`, owner → latest `expires_at`; one ZADD
 GT per post keeps it, the sweeper trims it), so owners without stories cost
 nothing after this point;
-(3) one `tray_ring.lua` per active owner, which computes the owner's ring inside
-Redis on the owner's slot (the rules of `core/tray.py`) and returns it only when
-it has items, with the owner's User record.
+(3) `tray_scan.lua`, which computes those owners' rings inside Redis (the rules
+of `core/tray.py`) and returns only rings with items, with their User records:
+on one Redis one call for every owner, on a Cluster one call per slot (in
+effect one per owner), pipelined. (A pipeline of ZRANGEBYSCORE + HMGET per
+owner also takes a constant number of round trips but spends ~25 µs of client
+CPU per owner; see docs/benchmarks.md.)
 (4) Only when those rings hold shares: their sources and the viewer's relations
 to the source owners, in one pipeline (`shares.visible_sources`); the shares
 that pass are added to their rings (`tray.merge_ring`).
-No command spans two owners' slots (issue 11: before the Cluster, one ZINTER
-with a single active-owners key and one script over every owner's keys did (1)-(3)
-in two trips; docs/benchmarks.md compares the two).
 
 Shares (`server/shares.py`): every read here — one item, a user's stories, the
 tray, the archive, media — shows a share only while its source is live and
@@ -40,6 +40,7 @@ from server.core.errors import NotFound
 from server.core.items import ItemRecord, Json, render
 from server.core.keys import bucket, item_id, split_item_id
 from server.core.tray import ActiveItem, TrayState, merge_ring, order_tray, ring, visible_items
+from server.store.client import slot_groups
 from server.store.scripts import Batch
 from server.store.store import Store
 from server.stories.shares import Source, visible_sources
@@ -202,23 +203,31 @@ class StoryReader:
         following, cfof_raw, hidden_raw, seen_raw, _, _ = await self.s.scripts.sign_in(
             keys=viewer_keys, args=["", ""]
         )
-        hidden = {m.decode() for m in hidden_raw}
+        hidden = set(hidden_raw) | {viewer.encode()}
         cfof = {m.decode() for m in cfof_raw}
         seen = {o.decode(): int(v) for o, v in zip(seen_raw[::2], seen_raw[1::2], strict=True)}
-        followed = [o for o in (m.decode() for m in following) if o not in hidden and o != viewer]
+        followed = [o for o in following if o not in hidden]
         owners = [viewer, *await self._active_owners(followed, now)]
+        groups = slot_groups(self.s.redis, [k.items(o) for o in owners])
         batch = Batch(self.s.redis)
-        for owner in owners:
-            rel = "o" if owner == viewer else ("c" if owner in cfof else "f")
-            batch.script(self.s.scripts.tray_ring, [k.items(owner), k.user(owner)],
-                         [now, seen.get(owner, 0), rel])  # fmt: skip
+        for group in groups:
+            keys: list[str] = []
+            args: list[int | str] = [now]
+            for owner in (owners[i] for i in group):
+                rel = "o" if owner == viewer else ("c" if owner in cfof else "f")
+                keys += [k.items(owner), k.user(owner)]
+                args += [seen.get(owner, 0), rel]
+            batch.script(self.s.scripts.tray_scan, keys, args)
         rings: list[TrayState] = []
         users: dict[str, Json] = {}
         shares: dict[str, list[ActiveItem]] = {}
-        for owner, found in zip(owners, await batch.execute(), strict=True):
-            if not found:
-                continue
-            count, latest, first, user, shared = found
+        found = (
+            (group[int(flat[n])], flat[n + 1 : n + 6])
+            for group, flat in zip(groups, await batch.execute(), strict=True)
+            for n in range(0, len(flat), 6)
+        )
+        for index, (count, latest, first, user, shared) in found:
+            owner = owners[index]
             users[owner] = _user(owner, user)
             if count:
                 rings.append(
@@ -230,12 +239,14 @@ class StoryReader:
             rings = await self._with_shares(viewer, rings, shares, seen)
         return self._tray_entries(order_tray(viewer, rings), users)
 
-    async def _active_owners(self, owners: list[str], now_ms: int) -> list[str]:
-        """Those of `owners` with an item unexpired at `now_ms`, in their order.
+    async def _active_owners(self, owners: list[bytes], now_ms: int) -> list[str]:
+        """Those of `owners` (ids as Redis returned them) with an item unexpired at `now_ms`,
+        in their order, decoded.
 
         One ZMSCORE per active-owners bucket, pipelined (one round trip per node).
+        The ids stay bytes until they are known active: most followed owners are not.
         """
-        by_bucket: dict[int, list[str]] = {}
+        by_bucket: dict[int, list[bytes]] = {}
         for owner in owners:
             by_bucket.setdefault(bucket(owner), []).append(owner)
         if not by_bucket:
@@ -243,11 +254,11 @@ class StoryReader:
         pipe = self.s.redis.pipeline(transaction=False)
         for n, members in by_bucket.items():
             pipe.zmscore(self.s.keys.active_owners(n), members)
-        active: set[str] = set()
+        active: set[bytes] = set()
         for members, scores in zip(by_bucket.values(), await pipe.execute(), strict=True):
             active.update(o for o, until in zip(members, scores, strict=True)
                           if until is not None and until > now_ms)  # fmt: skip
-        return [o for o in owners if o in active]
+        return [o.decode() for o in owners if o in active]
 
     async def _with_shares(
         self,
