@@ -4,8 +4,9 @@ The expiry and media-gc schedules and the active-owners index are split into
 `BUCKETS` buckets (`core/keys.py`; on a Redis Cluster they spread over the
 shards). Every `sweep_interval_s` each process tries to take each bucket's
 short Redis lock (SET NX PX, all buckets in one pipeline); for every bucket it
-got, it trims the bucket's active owners, ends the items whose `expires_at`
-has passed (archive for the owner + `story.removed` on the bus, through
+got (a pass with nothing due costs three round trips for all buckets: lock,
+read what is due, unlock), it trims the bucket's active owners, ends the items
+whose `expires_at` has passed (archive for the owner + `story.removed` on the bus, through
 `StoryWriter.end`), deletes media files whose archive retention is over, and
 then frees the lock. A bucket is swept by one process at a time, and the
 buckets go to whichever processes try them first, so many processes share the
@@ -70,23 +71,24 @@ class Sweeper:
             return 0
         try:
             ended = 0
-            for n, due in (await self._due(held)).items():
+            for n, (due, media_due) in (await self._due(held)).items():
                 ended += await self._expire_due(due)
-                await self._collect_media(n)
+                await self._collect_media(n, media_due)
             return ended
         finally:
             await self._unlock(held)
 
-    async def _due(self, held: list[int]) -> dict[int, list[bytes]]:
-        """Per held bucket: trim its active owners, read its due items (one pipeline)."""
+    async def _due(self, held: list[int]) -> dict[int, tuple[list[bytes], list[bytes]]]:
+        """Per held bucket: trim its active owners; its due items and due media (one pipeline)."""
         now = self.s.clock.now_ms()
         k = self.s.keys
         pipe = self.s.redis.pipeline(transaction=False)
         for n in held:
             pipe.zremrangebyscore(k.active_owners(n), "-inf", now)
             pipe.zrangebyscore(k.expiry_schedule(n), "-inf", now, 0, BATCH)
+            pipe.zrangebyscore(k.media_gc_schedule(n), "-inf", now, 0, BATCH)
         replies = await pipe.execute()
-        return {n: replies[2 * i + 1] for i, n in enumerate(held)}
+        return {n: (replies[3 * i + 1], replies[3 * i + 2]) for i, n in enumerate(held)}
 
     async def _expire_due(self, due: list[bytes]) -> int:
         now = self.s.clock.now_ms()
@@ -118,11 +120,9 @@ class Sweeper:
         await self.s.redis.zadd(self.s.keys.expiry_schedule_of(rec.id), {rec.id: rec.expires_ms})
         return 0
 
-    async def _collect_media(self, n: int) -> None:
-        """Delete the files of bucket `n`'s items whose archive retention is over."""
-        now = self.s.clock.now_ms()
+    async def _collect_media(self, n: int, due: list[bytes]) -> None:
+        """Delete the files of bucket `n`'s `due` items (their archive retention is over)."""
         key = self.s.keys.media_gc_schedule(n)
-        due = await self.s.redis.zrangebyscore(key, "-inf", now, 0, BATCH)
         for raw in due:
             parsed = split_item_id(raw.decode())
             if parsed:
