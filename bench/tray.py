@@ -29,6 +29,7 @@ import redis  # noqa: E402
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 
 from bench import harness as h  # noqa: E402
+from bench.tray_legacy import LegacyTray, legacy_active_owners  # noqa: E402
 
 NAME = "tray"
 CREATORS = 2000
@@ -40,6 +41,7 @@ BLOCK_S = {"healthz": 1.0, "me": 1.0, "tray_20": 1.0, "tray_200": 1.5, "tray_200
 WARMUP_CALLS = 20
 COMMAND_SAMPLE = 50  # sequential tray reads for the INFO commandstats delta
 IN_PROCESS_CALLS = 30
+VERSUS_CALLS = 100  # alternating calls of the tray and of its single-Redis baseline
 TARGET_P99_MS = 25.0
 HOUR_MS = 3600 * 1000
 
@@ -126,8 +128,9 @@ async def seed(store: Any, rng: random.Random) -> dict[int, int]:
             pipe.hset(k.item(owner, rec.seq), mapping=rec.to_hash())
             pipe.pexpireat(k.item(owner, rec.seq), rec.expires_ms + retention_ms)
             pipe.zadd(k.items(owner), {member: rec.expires_ms})
-            pipe.zadd(k.expiry_schedule(), {rec.id: rec.expires_ms})
-            pipe.zadd(k.active_owners(), {owner: rec.expires_ms}, gt=True)
+            pipe.zadd(k.expiry_schedule_of(rec.id), {rec.id: rec.expires_ms})
+            pipe.zadd(k.active_owners_of(owner), {owner: rec.expires_ms}, gt=True)
+            pipe.zadd(legacy_active_owners(k.p), {owner: rec.expires_ms}, gt=True)  # baseline
         pipe.set(k.seq(owner), len(recs))
     for n, v in viewers.items():
         for i in range(0, n, ACTIVE_EVERY):
@@ -168,6 +171,19 @@ async def time_trays(stores: dict[str, Any], viewer: str) -> dict[str, dict[str,
     return {name: h.summary(t, sum(t)) for name, t in times.items()}
 
 
+async def time_calls(calls: dict[str, Any], viewer: str) -> dict[str, dict[str, float]]:
+    """In-process latency of each tray function, calls alternating (same data, same moment)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        await call(viewer)  # warm
+    for _ in range(VERSUS_CALLS):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            await call(viewer)
+            times[name].append(time.perf_counter() - t0)
+    return {name: h.summary(t, sum(t)) for name, t in times.items()}
+
+
 async def in_process(
     store: Any, expected: dict[int, int], pure: Any | None
 ) -> dict[str, dict[str, Any]]:
@@ -191,6 +207,11 @@ async def in_process(
             await store.users.ensure(v, {})  # what `caller()` does before the tray
             await reader.tray(v)
         timing = await time_trays({"default": store, **({"pure": pure} if pure else {})}, v)
+        legacy = LegacyTray(reader)
+        assert await legacy.tray(v) == entries, "the baseline answers what the tray answers"
+        with h.count_redis() as legacy_tally:
+            await legacy.tray(v)
+        versus = await time_calls({"bucketed": reader.tray, "legacy": legacy.tray}, v)
         out[str(n)] = {
             "rings": len(entries),
             "tray_round_trips": tray_tally.round_trips,
@@ -200,6 +221,14 @@ async def in_process(
             "handler_commands": sum(handler_tally.commands.values()),
             "in_process_tray": timing["default"],
             "in_process_tray_pure_python_parser": timing.get("pure"),
+            "versus_legacy": {
+                "bucketed": versus["bucketed"],
+                "legacy": versus["legacy"],
+                "legacy_round_trips": legacy_tally.round_trips,
+                "legacy_commands": sum(legacy_tally.commands.values()),
+                "p50_ratio": round(versus["bucketed"]["p50_ms"] / versus["legacy"]["p50_ms"], 2),
+                "mean_ratio": round(versus["bucketed"]["mean_ms"] / versus["legacy"]["mean_ms"], 2),
+            },
         }
     return out
 
@@ -342,6 +371,29 @@ ticks, averaged). For 2,000 followed: {by_name}. The in-process `tray()` time is
 same call without HTTP, measured in the benchmark process before the server
 starts; what it adds to the Redis CPU time is redis-py packing and parsing
 {inproc["2000"]["tray_commands"]} commands and replies, and the ring logic.
+"""
+    if inproc["2000"].get("versus_legacy"):
+        vs_rows = [
+            [n, inproc[n]["tray_round_trips"], inproc[n]["versus_legacy"]["legacy_round_trips"],
+             inproc[n]["tray_commands"], inproc[n]["versus_legacy"]["legacy_commands"],
+             inproc[n]["versus_legacy"]["bucketed"]["p50_ms"],
+             inproc[n]["versus_legacy"]["legacy"]["p50_ms"],
+             inproc[n]["versus_legacy"]["p50_ratio"], inproc[n]["versus_legacy"]["mean_ratio"]]
+            for n in map(str, SIZES)
+        ]  # fmt: skip
+        vs_table = h.table(["followed", "round trips: tray", "round trips: baseline",
+                            "commands: tray", "commands: baseline", "tray p50 ms",
+                            "baseline p50 ms", "p50 ratio", "mean ratio"], vs_rows)  # fmt: skip
+        md += f"""
+**What Redis Cluster support costs on one Redis.** The tray no longer uses a
+cross-slot command: the active owners are read with one ZMSCORE per bucket
+(16, pipelined), and the rings by `tray_scan.lua` with every key declared (on
+one Redis one call for all owners; on a Cluster one per slot). The baseline is the tray before that change (`bench/tray_legacy.py`:
+ZINTER with one global active-owners key, then one `tray_scan` script over every
+owner), on the same data in the same run, {VERSUS_CALLS} calls each, alternating;
+in-process, so the ratio is redis-py's packing and parsing plus Redis's work.
+
+{vs_table}
 """
     if inproc["2000"].get("in_process_tray_pure_python_parser"):
         md += (

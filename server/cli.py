@@ -66,7 +66,10 @@ def _number(text: str) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML settings file")
-    p.add_argument("--redis-url")
+    p.add_argument(
+        "--redis-url",
+        help="redis://host:port, unix:///path, or redis+cluster://host:port[,host:port...]",
+    )
     p.add_argument("--data-dir")
 
 
@@ -111,8 +114,20 @@ def redis_for(settings: Settings, *, share: bool = False) -> Iterator[str]:
 
 
 def check_redis(url: str, timeout_s: float = 5.0) -> str:
-    """The Redis version at `url`; raises redis.RedisError when it does not answer."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    """The Redis version at `url`; raises redis.RedisError when it does not answer.
+
+    For a `redis+cluster://` URL: the version of its first startup node.
+    """
+    from server.store.client import cluster_nodes, is_cluster_url
+
+    if is_cluster_url(url):
+        host, port = cluster_nodes(url)[0]
+        client = redis.Redis(host=host, port=port, socket_connect_timeout=timeout_s,
+                             socket_timeout=timeout_s)  # fmt: skip
+    else:
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
     try:
         return str(client.info("server")["redis_version"])
     finally:
@@ -174,12 +189,11 @@ def _serve(settings: Settings) -> None:
 
 
 async def _rollout(settings: Settings, args: argparse.Namespace, url: str) -> dict[str, Any]:
-    import redis.asyncio as aioredis
-
     from server.core.keys import Keys
+    from server.store.client import redis_client
     from server.store.rollout import Gate, Rollout
 
-    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis_client(url, max_connections=4)
     try:
         rollout = Rollout(client, Keys(settings.redis_prefix).rollout())
         if args.action == "set":
@@ -193,12 +207,11 @@ async def _rollout(settings: Settings, args: argparse.Namespace, url: str) -> di
 
 
 async def _deployment_secret(settings: Settings, url: str, name: str) -> bytes:
-    import redis.asyncio as aioredis
-
     from server.core.keys import Keys
+    from server.store.client import redis_client
     from server.store.secrets import deployment_secret
 
-    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = redis_client(url, max_connections=4)
     try:
         return await deployment_secret(client, Keys(settings.redis_prefix), name,
                                        settings.data_path.resolve())  # fmt: skip

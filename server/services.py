@@ -22,9 +22,10 @@ from server.push.drain import Drain
 from server.push.gcpolicy import freeze_on_growth
 from server.push.hub import Hub
 from server.push.source import RedisHubSource
-from server.store.client import redis_client
+from server.store.client import is_cluster_url, pubsub_client, redis_client
 from server.store.graph import Graph
 from server.store.limits import Idempotency
+from server.store.migrate import move_legacy_indexes
 from server.store.rollout import Rollout
 from server.store.scratch import process_dir, remove_own_dirs, sweep_data_dir
 from server.store.scripts import Scripts
@@ -94,6 +95,7 @@ class Services:
             raise RuntimeError("redis_url is not set; the CLI starts the embedded Redis")
         redis = redis_client(settings.redis_url, settings.redis_max_connections)
         keys = Keys(settings.redis_prefix)
+        await move_legacy_indexes(redis, keys)
         data = settings.data_path.resolve()
         media_secret = (settings.media_secret or "").encode() or await deployment_secret(
             redis, keys, "media", data
@@ -120,7 +122,12 @@ class Services:
         publisher = CapturePublisher(store, media, writer)
         captures = CaptureManager(capture_config(settings), process_dir(data / "captures"),
                                   on_finished=publisher.finished, on_failed=publisher.failed)  # fmt: skip
-        broker = Broker(redis, hub, keys.canary_channel(secrets.token_hex(6)))
+        # On a cluster the broker gets a plain client of one node until sharded pub/sub
+        # lands (push/broker.py): classic PUBLISH/SUBSCRIBE is cluster-wide, so it works.
+        bus_redis = (
+            pubsub_client(settings.redis_url) if is_cluster_url(settings.redis_url) else redis
+        )
+        broker = Broker(bus_redis, hub, keys.canary_channel(secrets.token_hex(6)))
         svc = cls(
             settings=settings,
             store=store,
@@ -164,6 +171,8 @@ class Services:
         await _bounded("broker", self.broker.close(), left(5))
         self.media.close()
         remove_own_dirs(self.settings.data_path.resolve())
+        if self.broker.redis is not self.store.redis:  # the cluster's pub/sub client
+            await _bounded("pubsub redis", self.broker.redis.aclose(), left(5))
         await _bounded("redis", self.store.redis.aclose(), left(5))
 
 

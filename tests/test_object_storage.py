@@ -19,7 +19,8 @@ from server.app import create_app
 from server.core.clock import ManualClock
 from server.core.settings import Settings
 from tests.conftest import MEDIA, Api, assert_problem
-from tests.objectstore import ObjectStore, _free_ports
+from tests.objectstore import GRPC_OFFSET, ObjectStore
+from tests.ports import free_port_pairs
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_deleted_media_is_removed_from_the_bucket_after_retention(s3_settings, o
 
 def test_object_store_down_post_is_503_and_nothing_is_half_written(settings, s3_settings,
                                                                    object_store, prefix):  # fmt: skip
-    [dead] = _free_ports(1, set())
+    [dead] = free_port_pairs(1, GRPC_OFFSET)
     down = dataclasses.replace(s3_settings, s3_endpoint=f"http://127.0.0.1:{dead}")
     with TestClient(create_app(down, ManualClock())) as client:
         bob = _sign_in(client, "bob")
@@ -129,7 +130,7 @@ def test_object_store_down_post_is_503_and_nothing_is_half_written(settings, s3_
 def test_object_store_down_reads_of_existing_media_are_503(s3_settings, object_store):
     with TestClient(create_app(s3_settings, ManualClock())) as up:
         item = _sign_in(up, "bob").post_media("rocket.jpg").json()
-    [dead] = _free_ports(1, set())
+    [dead] = free_port_pairs(1, GRPC_OFFSET)
     down = dataclasses.replace(s3_settings, s3_endpoint=f"http://127.0.0.1:{dead}")
     with TestClient(create_app(down, ManualClock())) as client:  # same Redis: same item
         r = client.get(item["media"]["url"])

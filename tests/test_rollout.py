@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from server.app import create_app
 from server.core.errors import InvalidField
 from server.core.settings import Settings
+from server.store.rollout import CACHE_S as ROLLOUT_CACHE_S
 from server.store.rollout import Gate, bucket, may_post
 from tests.conftest import Api, assert_problem
 
@@ -261,6 +262,7 @@ def _cli(settings: Settings, tmp_path: Path, *args: str) -> subprocess.Completed
     ]
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+    time.sleep(ROLLOUT_CACHE_S)  # a running app reads the gate again within a second
     return done
 
 

@@ -1,4 +1,4 @@
-"""`tray_scan.lua` computes rings inside Redis; they must equal `tray.py`'s pure rules."""
+"""`tray_scan.lua` computes rings inside Redis; they must equal `core/tray.py`'s pure rules."""
 
 from __future__ import annotations
 
@@ -41,13 +41,16 @@ world_st = st.fixed_dictionaries(
 )
 
 
-@pytest.fixture
-def reader(redis_url, tmp_path):
+@pytest.fixture(params=["single", "cluster"])
+def reader(request, redis_url, tmp_path):
+    """StoryReaders on one Redis (one script call for all owners) or on the test
+    Cluster (one call per slot)."""
+    url = request.getfixturevalue("cluster_url") if request.param == "cluster" else redis_url
     made = []
 
     def make():
         prefix = f"ts{uuid.uuid4().hex[:8]}:"
-        client = redis_client(redis_url)
+        client = redis_client(url)
         keys = Keys(prefix)
         store = Store(client, keys, Scripts(client), UserStore(client, keys), Graph(client, keys),
                       MediaSigner(b"k"), LocalStorage(tmp_path), ManualClock(NOW),
@@ -78,7 +81,7 @@ async def test_lua_rings_equal_the_python_rules(reader, world):
         active = [ActiveItem(n + 1, aud, NOW + c, NOW + e) for n, (aud, c, e) in enumerate(items)]
         for item in active:
             await s.redis.zadd(k.items(owner), {item.member(): item.expires_ms})
-            await s.redis.zadd(k.active_owners(), {owner: item.expires_ms}, gt=True)
+            await s.redis.zadd(k.active_owners_of(owner), {owner: item.expires_ms}, gt=True)
         if not hidden:
             relation = Relation(follows=True, close_friend=cf)
             state = ring(owner, visible_items(active, relation, NOW), seen_seq, own=False)

@@ -4,13 +4,28 @@ Keys of one owner carry the hash tag `{owner}` so they live on one Cluster slot;
 keys of one viewer carry `{viewer}`. Item ids are `<owner>.<seq>`: `seq` comes
 from the owner's counter, so "seen up to seq N" is one number per owner (the
 max-read-id model, as Telegram uses for stories).
+
+The indexes over every owner (active owners, the expiry and media-gc schedules)
+and the sweeper's lock are split into `BUCKETS` buckets, each under the hash tag
+`{b<n>}`, so that no one Cluster slot carries them all. An owner's bucket is
+`bucket(owner id)`, an item's is `bucket(item id)`: stable across processes,
+hosts and restarts (CRC-32, not Python's salted `hash`).
 """
 
 from __future__ import annotations
 
+import zlib
+
 from server.core.parse import split_item_id
 
-__all__ = ["Keys", "item_id", "split_item_id"]
+__all__ = ["BUCKETS", "Keys", "bucket", "item_id", "split_item_id"]
+
+BUCKETS = 16  # buckets of each global index; changing it moves every entry (see Keys)
+
+
+def bucket(name: str | bytes) -> int:
+    """The bucket (0 to BUCKETS - 1) of an owner id or item id: CRC-32 of its UTF-8 bytes."""
+    return zlib.crc32(name.encode() if isinstance(name, str) else name) % BUCKETS
 
 
 def item_id(owner_id: str, seq: int) -> str:
@@ -79,19 +94,39 @@ class Keys:
     def seen(self, viewer: str) -> str:
         return f"{self.p}seen:{{{viewer}}}"
 
-    # schedules, gates, locks
-    def expiry_schedule(self) -> str:
-        return f"{self.p}sched:expire"
+    # schedules, gates, locks: one key per bucket (`BUCKETS`, hash tag `{b<n>}`)
+    def expiry_schedule(self, n: int) -> str:
+        """ZSET item id → expires_at of bucket `n`: the items the sweeper ends when due."""
+        return f"{self.p}sched:expire:{{b{n}}}"
 
-    def active_owners(self) -> str:
-        """ZSET owner → latest `expires_at` of their items: who may have a ring at all."""
-        return f"{self.p}act:owners"
+    def expiry_schedule_of(self, item: str) -> str:
+        """The expiry schedule bucket that holds item id `item`."""
+        return self.expiry_schedule(bucket(item))
 
-    def media_gc_schedule(self) -> str:
-        return f"{self.p}sched:mediagc"
+    def active_owners(self, n: int) -> str:
+        """ZSET owner → latest `expires_at` of their items, bucket `n`: who may have a ring."""
+        return f"{self.p}act:owners:{{b{n}}}"
 
-    def sweeper_lock(self) -> str:
-        return f"{self.p}lock:sweeper"
+    def active_owners_of(self, owner: str) -> str:
+        """The active-owners bucket that holds `owner`."""
+        return self.active_owners(bucket(owner))
+
+    def media_gc_schedule(self, n: int) -> str:
+        """ZSET item id → when its files may go (archive retention over), bucket `n`."""
+        return f"{self.p}sched:mediagc:{{b{n}}}"
+
+    def media_gc_schedule_of(self, item: str) -> str:
+        """The media-gc schedule bucket that holds item id `item`."""
+        return self.media_gc_schedule(bucket(item))
+
+    def sweeper_lock(self, n: int) -> str:
+        """The lock of bucket `n`'s sweep: one process at a time sweeps each bucket."""
+        return f"{self.p}lock:sweeper:{{b{n}}}"
+
+    def legacy_global_indexes(self) -> tuple[str, str, str]:
+        """`(expiry schedule, active owners, media-gc schedule)` as one key each, before the
+        buckets: read once at startup to move their entries (`store/migrate.py`)."""
+        return f"{self.p}sched:expire", f"{self.p}act:owners", f"{self.p}sched:mediagc"
 
     def rollout(self) -> str:
         return f"{self.p}rollout"

@@ -30,10 +30,14 @@ class Settings:
     data_dir: str = "./var"  # media files, embedded Redis data
     log_level: str = "info"  # debug | info | warning | error
     # --- redis ---
-    redis_url: str | None = None  # None: start an embedded redis-server under data_dir
+    # redis://, rediss://, unix:// (one Redis) or redis+cluster://host:port[,host:port...]
+    # (a Redis Cluster by its startup nodes); None: start an embedded redis-server
+    redis_url: str | None = None
     redis_prefix: str = "st1:"  # prefix of every Redis key and channel
     redis_retry_after_s: int = 2  # Retry-After sent with 503 while Redis is down
-    redis_max_connections: int = 100  # client pool per process; past it a command waits up to 5 s
+    # client pool per process (per node on a cluster); past it a command waits up to 5 s
+    # (on a cluster it fails at once)
+    redis_max_connections: int = 100
     # --- auth ---
     dev_login: bool = False  # enable POST /api/v1/auth/dev-login (never in production)
     demo: bool = False  # seed demo users and stories; implies dev_login

@@ -16,15 +16,23 @@ where an event goes. Every key and channel name comes from `Keys`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from server.core import events
 from server.core.keys import Keys
 
 Event = dict[str, Any]
+
+
+class Queue(Protocol):
+    """Where the Bus queues a PUBLISH: a redis-py pipeline (one Redis or a Cluster's), a `Batch`.
+
+    By `execute_command("PUBLISH", ...)`: a Cluster pipeline refuses the `publish` method.
+    """
+
+    def execute_command(self, *args: Any) -> Any: ...
 
 
 class Bus:
@@ -46,15 +54,15 @@ class Bus:
             self.keys.inbox_channel(owner),
         ]
 
-    def lifecycle(self, pipe: Pipeline, owner: str, event: Event) -> None:
+    def lifecycle(self, pipe: Queue, owner: str, event: Event) -> None:
         """Queue a lifecycle event of `owner`'s items on `pipe` (both channels, one payload)."""
         payload = events.encode(event)
-        pipe.publish(self.keys.stories_channel(owner), payload)
-        pipe.publish(self.keys.inbox_channel(owner), payload)
+        pipe.execute_command("PUBLISH", self.keys.stories_channel(owner), payload)
+        pipe.execute_command("PUBLISH", self.keys.inbox_channel(owner), payload)
 
-    def personal(self, pipe: Pipeline, uid: str, event: Event) -> None:
+    def personal(self, pipe: Queue, uid: str, event: Event) -> None:
         """Queue a personal event for user `uid` on `pipe` (their inbox)."""
-        pipe.publish(self.keys.inbox_channel(uid), events.encode(event))
+        pipe.execute_command("PUBLISH", self.keys.inbox_channel(uid), events.encode(event))
 
     async def tell(self, uid: str, event: Event) -> None:
         """Publish one personal event for user `uid` now (one round trip)."""

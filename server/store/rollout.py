@@ -1,7 +1,10 @@
 """The pilot rollout gate: who may post stories while they launch to a cohort.
 
-The gate is one JSON value in Redis, read on each post, so it changes without a
-restart. A user may post when the gate is open to all, or the user (id or
+The gate is one JSON value in Redis (one key, so one Cluster slot, which every
+post in the deployment reads), so it changes without a restart. Each process
+keeps the value it read for at most `CACHE_S` (1 s) of real time before reading
+it again: a change made elsewhere (another process, `stories rollout set`)
+applies to posts within a second; one made through this process's `set` at once. A user may post when the gate is open to all, or the user (id or
 handle) is on the allowlist, or `bucket(user_id) < percent`, or the token's
 country claim is in `countries`. Reading is never gated.
 """
@@ -9,6 +12,8 @@ country claim is in `countries`. Reading is never gated.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,6 +21,8 @@ import orjson
 from redis.asyncio import Redis
 
 from server.core.errors import StoriesNotEnabled, field_error
+
+CACHE_S = 1.0  # how long a process trusts the gate it read, seconds of monotonic time
 
 
 @dataclass(frozen=True)
@@ -72,20 +79,37 @@ def may_post(gate: Gate, user_id: str, handle: str, country: str | None) -> bool
 
 
 class Rollout:
-    """Read and write the gate stored at one Redis key."""
+    """Read and write the gate stored at one Redis key; `check` reads through a 1 s cache.
 
-    def __init__(self, redis: Redis, key: str) -> None:
+    `monotonic` is the clock of the cache (seconds; real time, not the injected
+    story clock, which tests hold still).
+    """
+
+    def __init__(self, redis: Redis, key: str, monotonic: Callable[[], float] = time.monotonic):
         self.r = redis
         self.key = key
+        self._monotonic = monotonic
+        self._cached: tuple[float, Gate] | None = None  # (read at, gate)
 
     async def get(self) -> Gate:
+        """The gate as stored now (one GET; refreshes the cache)."""
         raw = await self.r.get(self.key)
-        return Gate(**orjson.loads(raw)) if raw else Gate()
+        gate = Gate(**orjson.loads(raw)) if raw else Gate()
+        self._cached = (self._monotonic(), gate)
+        return gate
+
+    async def current(self) -> Gate:
+        """The gate, as read within the last `CACHE_S` seconds (else read again)."""
+        cached = self._cached
+        if cached is not None and self._monotonic() - cached[0] < CACHE_S:
+            return cached[1]
+        return await self.get()
 
     async def set(self, gate: Gate) -> None:
         await self.r.set(self.key, orjson.dumps(gate.to_json()))
+        self._cached = (self._monotonic(), gate)
 
     async def check(self, user_id: str, handle: str, country: str | None) -> None:
-        """Raise StoriesNotEnabled (403) when the user may not post."""
-        if not may_post(await self.get(), user_id, handle, country):
+        """Raise StoriesNotEnabled (403) when the user may not post (gate from `current`)."""
+        if not may_post(await self.current(), user_id, handle, country):
             raise StoriesNotEnabled("stories are in a pilot and not yet enabled for this account")

@@ -4,16 +4,22 @@ Every read filters on `expires_at` itself, so an item vanishes at its expiry
 even before the sweeper has run, and applies the audience rules of
 `server/core/audience.py`; an item the caller may not see is answered as missing.
 
-The tray is computed on read in two round trips whatever the number of
-followed owners: (1) the viewer's seen map, close-friend-of and hidden-from
-sets, and ZINTER of the following list with `act:owners` (owners with items
-that have not all expired: one ZADD GT per post keeps it, the sweeper trims
-it), so owners without stories cost nothing after this point;
-(2) `tray_scan.lua`, which computes those owners' rings inside Redis (the
-rules of `server/core/tray.py`) and returns only rings with items, with their User records. (A pipeline of one ZRANGEBYSCORE per owner also took a constant
-number of round trips, but spent ~25 µs of client CPU per followed owner,
-most of them empty: 55 ms per tray at 2,000 followed; see docs/benchmarks.md.)
-(3) Only when those rings hold shares: their sources and the viewer's relations
+The tray is computed on read in three round trips whatever the number of
+followed owners (on a Redis Cluster: three per node, the nodes in parallel),
+no command spanning two slots:
+(1) the viewer's following list, close-friend-of and hidden-from sets and seen
+map, in one call on the viewer's slot (`sign_in.lua`);
+(2) which of those owners may have a ring: one ZMSCORE per bucket of the
+active-owners index (`act:owners:{b<n>}`, owner → latest `expires_at`; one ZADD
+GT per post keeps it, the sweeper trims it), so owners without stories cost
+nothing after this point;
+(3) `tray_scan.lua`, which computes those owners' rings inside Redis (the rules
+of `server/core/tray.py`) and returns only rings with items, with their User records:
+on one Redis one call for every owner, on a Cluster one call per slot (in
+effect one per owner), pipelined. (A pipeline of ZRANGEBYSCORE + HMGET per
+owner also takes a constant number of round trips but spends ~25 µs of client
+CPU per owner; see docs/benchmarks.md.)
+(4) Only when those rings hold shares: their sources and the viewer's relations
 to the source owners, in one pipeline (`shares.visible_sources`); the shares
 that pass are added to their rings (`tray.merge_ring`).
 
@@ -33,7 +39,7 @@ from redis.asyncio.client import Pipeline
 from server.core.audience import Relation
 from server.core.errors import NotFound
 from server.core.items import ItemRecord, Json, render
-from server.core.keys import split_item_id
+from server.core.keys import bucket, split_item_id
 from server.core.tray import (
     ActiveItem,
     TrayState,
@@ -42,6 +48,8 @@ from server.core.tray import (
     order_tray,
     visible_items,
 )
+from server.store.client import slot_groups
+from server.store.scripts import Batch
 from server.store.store import Store
 from server.stories.shares import Source, visible_sources
 
@@ -196,29 +204,36 @@ class StoryReader:
         """The caller's tray entries in PROTOCOL.md order (see module docstring)."""
         k = self.s.keys
         now = self.s.clock.now_ms()
-        pipe = self.s.redis.pipeline(transaction=False)
-        pipe.hgetall(k.seen(viewer))
-        pipe.smembers(k.close_friend_of(viewer))
-        pipe.smembers(k.hidden_from(viewer))
-        pipe.zinter({k.following(viewer): 0, k.active_owners(): 1}, withscores=True)
-        seen_raw, cfof_raw, hidden_raw, active_raw = await pipe.execute()
-        hidden = {m.decode() for m in hidden_raw}
+        viewer_keys = [k.following(viewer), k.close_friend_of(viewer), k.hidden_from(viewer),
+                       k.seen(viewer), k.items(viewer), k.user(viewer)]  # fmt: skip
+        following, cfof_raw, hidden_raw, seen_raw, _, _ = await self.s.scripts.sign_in(
+            keys=viewer_keys, args=["", ""]
+        )
+        hidden = set(hidden_raw) | {viewer.encode()}
         cfof = {m.decode() for m in cfof_raw}
-        seen = {key.decode(): int(v) for key, v in seen_raw.items()}
-        active = [m.decode() for m, until in active_raw if until > now]
-        followed = [o for o in active if in_tray(o == viewer, True, o in hidden)]  # (all followed)
-        owners = list(dict.fromkeys([viewer, *followed]))
-        args: list[Any] = [now, k.p]
-        for owner in owners:
-            rel = "o" if owner == viewer else ("c" if owner in cfof else "f")
-            args += [owner, seen.get(owner, 0), rel]
-        flat = await self.s.scripts.tray_scan(keys=[], args=args)
+        seen = {o.decode(): int(v) for o, v in zip(seen_raw[::2], seen_raw[1::2], strict=True)}
+        followed = [o for o in following if in_tray(False, True, o in hidden)]  # (viewer in hidden)
+        owners = [viewer, *await self._active_owners(followed, now)]
+        groups = slot_groups(self.s.redis, [k.items(o) for o in owners])
+        batch = Batch(self.s.redis)
+        for group in groups:
+            keys: list[str] = []
+            args: list[int | str] = [now]
+            for owner in (owners[i] for i in group):
+                rel = "o" if owner == viewer else ("c" if owner in cfof else "f")
+                keys += [k.items(owner), k.user(owner)]
+                args += [seen.get(owner, 0), rel]
+            batch.script(self.s.scripts.tray_scan, keys, args)
         rings: list[TrayState] = []
         users: dict[str, Json] = {}
         shares: dict[str, list[ActiveItem]] = {}
-        for n in range(0, len(flat), 6):
-            index, count, latest, first, user, shared = flat[n : n + 6]
-            owner = owners[int(index)]
+        found = (
+            (group[int(flat[n])], flat[n + 1 : n + 6])
+            for group, flat in zip(groups, await batch.execute(), strict=True)
+            for n in range(0, len(flat), 6)
+        )
+        for index, (count, latest, first, user, shared) in found:
+            owner = owners[index]
             users[owner] = _user(owner, user)
             if count:
                 rings.append(
@@ -229,6 +244,27 @@ class StoryReader:
         if shares:
             rings = await self._with_shares(viewer, rings, shares, seen)
         return self._tray_entries(order_tray(viewer, rings), users)
+
+    async def _active_owners(self, owners: list[bytes], now_ms: int) -> list[str]:
+        """Those of `owners` (ids as Redis returned them) with an item unexpired at `now_ms`,
+        in their order, decoded.
+
+        One ZMSCORE per active-owners bucket, pipelined (one round trip per node).
+        The ids stay bytes until they are known active: most followed owners are not.
+        """
+        by_bucket: dict[int, list[bytes]] = {}
+        for owner in owners:
+            by_bucket.setdefault(bucket(owner), []).append(owner)
+        if not by_bucket:
+            return []
+        pipe = self.s.redis.pipeline(transaction=False)
+        for n, members in by_bucket.items():
+            pipe.zmscore(self.s.keys.active_owners(n), members)
+        active: set[bytes] = set()
+        for members, scores in zip(by_bucket.values(), await pipe.execute(), strict=True):
+            active.update(o for o, until in zip(members, scores, strict=True)
+                          if until is not None and until > now_ms)  # fmt: skip
+        return [o.decode() for o in owners if o in active]
 
     async def _with_shares(
         self,

@@ -23,6 +23,7 @@ from server.core import events, parse
 from server.core.clock import rfc3339
 from server.core.errors import Forbidden, NotFound, field_error
 from server.core.items import ItemRecord, Json
+from server.store.scripts import Batch
 from server.store.store import Store
 from server.stories.reader import StoryReader
 
@@ -114,13 +115,12 @@ class SeenBook:
         k = self.s.keys
         now = self.s.clock.now_ms()
         views = k.views(rec.owner, rec.seq)
-        pipe = self.s.redis.pipeline(transaction=False)
-        await self.s.scripts.seen_max(keys=[k.seen(viewer["id"])], args=[rec.owner, rec.seq],
-                                      client=pipe)  # fmt: skip
-        pipe.zadd(views, {viewer["id"]: now}, nx=True)
-        pipe.pexpireat(views, rec.expires_ms + self.s.settings.viewers_retention_s * 1000)
-        pipe.zcard(views)
-        prev, added, _, count = await pipe.execute()
+        batch = Batch(self.s.redis)
+        batch.script(self.s.scripts.seen_max, [k.seen(viewer["id"])], [rec.owner, rec.seq])
+        batch.pipe.zadd(views, {viewer["id"]: now}, nx=True)
+        batch.pipe.pexpireat(views, rec.expires_ms + self.s.settings.viewers_retention_s * 1000)
+        batch.pipe.zcard(views)
+        prev, added, _, count = await batch.execute()
         pipe = self.s.redis.pipeline(transaction=False)
         if added:
             self.s.bus.personal(

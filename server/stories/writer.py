@@ -1,8 +1,9 @@
 """Writing stories: post, share to story, change audience, delete, expire.
 
 Posting costs O(1) Redis work whatever the follower count (fan-out on read):
-one INCR for the seq, one Lua script (record + index + publish), one ZADD to
-the expiry schedule. Files are moved into storage before the script runs and
+one INCR for the seq, one Lua script (record + index + publish, on the owner's
+slot), one ZADD to the item's expiry schedule bucket and one to the owner's
+active-owners bucket (`core/keys.py`), the three in one pipeline. Files are moved into storage before the script runs and
 removed again if it fails, so a rejected post leaves no file, key or event.
 
 Shares (`server/stories/shares.py`): a share has no files (its media is its source's),
@@ -25,6 +26,7 @@ from server.core import events
 from server.core.errors import Forbidden, NotFound
 from server.core.items import ItemRecord, Json, render
 from server.core.keys import item_id, split_item_id
+from server.store.scripts import Batch
 from server.store.store import Store
 from server.stories.shares import Source, load_sources
 
@@ -115,21 +117,21 @@ class StoryWriter:
         )  # fmt: skip
         fields = [part for kv in rec.to_hash().items() for part in kv]
         k = self.s.keys
-        pipe = self.s.redis.pipeline(transaction=False)
-        await self.s.scripts.post_item(
-            keys=[k.item(rec.owner, rec.seq), k.items(rec.owner)],
-            args=[
+        batch = Batch(self.s.redis)
+        batch.script(
+            self.s.scripts.post_item,
+            [k.item(rec.owner, rec.seq), k.items(rec.owner)],
+            [
                 rec.member,
                 rec.expires_ms,
                 self._archive_until(rec.expires_ms),
                 *self.s.bus.lifecycle_args(rec.owner, event),
                 *fields,
             ],
-            client=pipe,
         )
-        pipe.zadd(k.expiry_schedule(), {rec.id: rec.expires_ms})
-        pipe.zadd(k.active_owners(), {rec.owner: rec.expires_ms}, gt=True)
-        await pipe.execute()
+        batch.pipe.zadd(k.expiry_schedule_of(rec.id), {rec.id: rec.expires_ms})
+        batch.pipe.zadd(k.active_owners_of(rec.owner), {rec.owner: rec.expires_ms}, gt=True)
+        await batch.execute()
         return Posted(rec, {**item, "seen": True, "view_count": 0})
 
     async def share(
@@ -187,7 +189,7 @@ class StoryWriter:
         k = self.s.keys
         known = await self.s.redis.smembers(k.shares(rec.owner, rec.seq))
         if known:
-            await self.s.redis.zadd(k.expiry_schedule(), {m: now_ms for m in known}, lt=True)
+            await self._make_due({m.decode() for m in known}, now_ms)
         if rec.shared_from and source is None:
             source = (await load_sources(self.s, [rec.shared_from])).get(rec.shared_from)
         event = events.story_removed(rec.owner, rec.seq, rec.audience, reason,
@@ -199,8 +201,8 @@ class StoryWriter:
                   *self.s.bus.lifecycle_args(rec.owner, event)],
         )  # fmt: skip
         pipe = self.s.redis.pipeline(transaction=False)
-        pipe.zrem(k.expiry_schedule(), rec.id)
-        pipe.zadd(k.media_gc_schedule(), {rec.id: self._archive_until(now_ms)}, nx=True)
+        pipe.zrem(k.expiry_schedule_of(rec.id), rec.id)
+        pipe.zadd(k.media_gc_schedule_of(rec.id), {rec.id: self._archive_until(now_ms)}, nx=True)
         retention = now_ms + self.s.settings.viewers_retention_s * 1000
         for key in (k.views(rec.owner, rec.seq), k.reactions(rec.owner, rec.seq)):
             pipe.pexpireat(key, retention)
@@ -212,6 +214,16 @@ class StoryWriter:
             if share is not None and share.status == "active":
                 await self.end(share, reason, now_ms, source=Source.of(rec))
         return True
+
+    async def _make_due(self, item_ids: set[str], due_ms: int) -> None:
+        """Move `item_ids` forward to `due_ms` in their expiry schedule buckets (ZADD LT)."""
+        by_bucket: dict[str, dict[str, int]] = {}
+        for text_id in sorted(item_ids):
+            by_bucket.setdefault(self.s.keys.expiry_schedule_of(text_id), {})[text_id] = due_ms
+        pipe = self.s.redis.pipeline(transaction=False)
+        for key, members in by_bucket.items():
+            pipe.zadd(key, members, lt=True)
+        await pipe.execute()
 
     async def _record(self, text_id: str) -> ItemRecord | None:
         parsed = split_item_id(text_id)
