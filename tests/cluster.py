@@ -5,7 +5,9 @@ Six `redis-server` processes (`/usr/bin/redis-server`, from the Debian package
 bundled 6.2 binary is not used here) listen on free 127.0.0.1 ports, each with
 its cluster bus port (port + 10000) free too, without persistence, in a temporary
 folder. `redis-cli --cluster create ... --cluster-replicas 1` forms the cluster;
-it is ready once every node reports `cluster_state:ok`. Every process gets
+it is ready once every node reports `cluster_state:ok` and every replica has
+finished its first sync (a replica that has not cannot take over from its primary;
+`repl-diskless-sync-delay 0` so that takes milliseconds, not Redis's default 5 s). Every process gets
 SIGTERM from the kernel if the test process dies (`procs.parent_death_signal`),
 and is stopped by its PID at the end.
 """
@@ -49,10 +51,10 @@ class Cluster:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
 
     def primaries(self) -> list[int]:
-        """Ports of the nodes that are primaries now."""
+        """Ports of the nodes that are primaries now (a node that does not answer is none)."""
         out = []
         for port in self.ports:
-            with self.node(port) as r:
+            with self.node(port) as r, contextlib.suppress(redis.ConnectionError):
                 if r.info("replication")["role"] == "master":
                     out.append(port)
         return out
@@ -78,6 +80,7 @@ def _start_node(server: str, port: int, folder: Path) -> subprocess.Popen[bytes]
         server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
         "--cluster-node-timeout", "3000", "--save", "", "--appendonly", "no",
+        "--repl-diskless-sync-delay", "0",
         "--protected-mode", "no", "--daemonize", "no",
     ]  # fmt: skip
     try:
@@ -109,6 +112,19 @@ def _state_ok(cluster: Cluster) -> bool:
             if f"cluster_known_nodes:{len(cluster.ports)}" not in info:
                 return False
     return True
+
+
+def _replicas_synced(cluster: Cluster) -> bool:
+    """Every replica has finished its first sync: until then it cannot take over."""
+    replicas = 0
+    for port in cluster.ports:
+        with cluster.node(port) as r:
+            info = r.info("replication")
+            if info["role"] == "slave":
+                replicas += 1
+                if info.get("master_link_status") != "up":
+                    return False
+    return replicas == PRIMARIES * REPLICAS_PER_PRIMARY
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -151,6 +167,7 @@ def running_cluster(folder: Path, start_timeout_s: float = 60.0) -> Iterator[Clu
                 f"redis-cli --cluster create failed:\n{create.stdout}{create.stderr}"
             )
         _wait(lambda: _state_ok(cluster), "cluster_state:ok not reached", start_timeout_s)
+        _wait(lambda: _replicas_synced(cluster), "replicas did not sync", start_timeout_s)
         yield cluster
     finally:
         _stop(procs)
