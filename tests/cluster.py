@@ -7,7 +7,9 @@ its cluster bus port (port + 10000) free too, without persistence, in a temporar
 folder. `redis-cli --cluster create ... --cluster-replicas 1` forms the cluster;
 it is ready once every node reports `cluster_state:ok` and every replica has
 finished its first sync (a replica that has not cannot take over from its primary;
-`repl-diskless-sync-delay 0` so that takes milliseconds, not Redis's default 5 s). Every process gets
+`repl-diskless-sync-delay 0` so that takes milliseconds, not Redis's default 5 s).
+`cluster-require-full-coverage no`, as docs/deploy.md advises: while one shard has
+no primary, the others keep serving. Every process gets
 SIGTERM from the kernel if the test process dies (`procs.parent_death_signal`),
 and is stopped by its PID at the end.
 """
@@ -80,7 +82,7 @@ def _start_node(server: str, port: int, folder: Path) -> subprocess.Popen[bytes]
         server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
         "--cluster-node-timeout", "3000", "--save", "", "--appendonly", "no",
-        "--repl-diskless-sync-delay", "0",
+        "--repl-diskless-sync-delay", "0", "--cluster-require-full-coverage", "no",
         "--protected-mode", "no", "--daemonize", "no",
     ]  # fmt: skip
     try:
