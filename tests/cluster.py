@@ -12,6 +12,11 @@ finished its first sync (a replica that has not cannot take over from its primar
 no primary, the others keep serving. Every process gets
 SIGTERM from the kernel if the test process dies (`procs.parent_death_signal`),
 and is stopped by its PID at the end.
+
+`running_cluster(folder, announce_ip=IP)` makes the nodes also listen on `IP`
+(`--bind 127.0.0.1 IP`) and announce it (`--cluster-announce-ip IP`), so the
+cluster is reachable from elsewhere (e.g. from network namespaces on a bridge
+that has `IP`, `tests/netns.py`); its URL and slot map then name `IP`.
 """
 
 from __future__ import annotations
@@ -38,19 +43,23 @@ DEBIAN_REDIS = "/usr/bin/redis-server"
 
 @dataclass(frozen=True)
 class Cluster:
-    """A running test cluster: its node ports and the server's `redis+cluster://` URL."""
+    """A running test cluster: its node ports and the server's `redis+cluster://` URL.
+
+    `host` is the address the nodes announce (127.0.0.1 unless given).
+    """
 
     ports: list[int]
     pids: list[int]
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        """`redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...` (every node a startup node)."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        """`redis+cluster://host:p1,host:p2,...` (every node a startup node)."""
+        return "redis+cluster://" + ",".join(f"{self.host}:{p}" for p in self.ports)
 
     def node(self, port: int) -> redis.Redis:
         """A plain (non-cluster) client of one node, for CLUSTER / INFO checks."""
-        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        return redis.Redis(host=self.host, port=port, socket_timeout=5)
 
     def primaries(self) -> list[int]:
         """Ports of the nodes that are primaries now (a node that does not answer is none)."""
@@ -75,11 +84,14 @@ def binaries() -> tuple[str, str]:
     return server, cli
 
 
-def _start_node(server: str, port: int, folder: Path) -> subprocess.Popen[bytes]:
+def _start_node(server: str, port: int, folder: Path,
+                announce_ip: str | None) -> subprocess.Popen[bytes]:  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     log = (folder / "redis.log").open("wb")
+    bind = ["127.0.0.1", announce_ip] if announce_ip else ["127.0.0.1"]
+    announce = ["--cluster-announce-ip", announce_ip] if announce_ip else []
     args = [
-        server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+        server, "--port", str(port), "--bind", *bind, *announce, "--dir", str(folder),
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
         "--cluster-node-timeout", "3000", "--save", "", "--appendonly", "no",
         "--repl-diskless-sync-delay", "0", "--cluster-require-full-coverage", "no",
@@ -142,15 +154,20 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 @contextlib.contextmanager
-def running_cluster(folder: Path, start_timeout_s: float = 60.0) -> Iterator[Cluster]:
-    """Start six nodes in `folder`, form the cluster, yield it; stop every node by PID after."""
+def running_cluster(folder: Path, start_timeout_s: float = 60.0,
+                    announce_ip: str | None = None) -> Iterator[Cluster]:  # fmt: skip
+    """Start six nodes in `folder`, form the cluster, yield it; stop every node by PID after.
+
+    `announce_ip`: an address of this machine the nodes bind besides 127.0.0.1
+    and announce to clients and to each other (see the module).
+    """
     server, cli = binaries()
     ports = free_port_pairs(PRIMARIES * (1 + REPLICAS_PER_PRIMARY), BUS_OFFSET)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:
-            procs.append(_start_node(server, port, folder / str(port)))
-        cluster = Cluster(ports, [p.pid for p in procs])
+            procs.append(_start_node(server, port, folder / str(port), announce_ip))
+        cluster = Cluster(ports, [p.pid for p in procs], announce_ip or "127.0.0.1")
 
         def answering() -> bool:
             for proc in procs:
@@ -160,7 +177,7 @@ def running_cluster(folder: Path, start_timeout_s: float = 60.0) -> Iterator[Clu
 
         _wait(answering, "nodes did not answer PING", start_timeout_s)
         create = subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+            [cli, "--cluster", "create", *(f"{cluster.host}:{p}" for p in ports),
              "--cluster-replicas", str(REPLICAS_PER_PRIMARY), "--cluster-yes"],
             capture_output=True, text=True, timeout=start_timeout_s,
         )  # fmt: skip

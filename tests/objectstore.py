@@ -7,6 +7,10 @@ with a gRPC side, that port + 10000 free too), so nothing clashes with another
 run. It starts with credentials (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
 in its environment), so requests must be signed as with a real S3, and with
 one bucket. Stopped by its PID.
+
+`running_object_store(data, ip=IP)` binds and advertises `IP` instead of
+127.0.0.1 (`-ip`, `-ip.bind`), e.g. a bridge address network namespaces reach
+(`tests/netns.py`); the endpoint then names `IP`.
 """
 
 from __future__ import annotations
@@ -69,20 +73,24 @@ def weed_binary() -> str:
 
 
 @contextlib.contextmanager
-def running_object_store(data: Path, start_timeout_s: float = 60.0) -> Iterator[ObjectStore]:
-    """Start `weed mini` in `data`, wait until its S3 gateway takes a signed request."""
+def running_object_store(data: Path, start_timeout_s: float = 60.0,
+                         ip: str = "127.0.0.1") -> Iterator[ObjectStore]:  # fmt: skip
+    """Start `weed mini` in `data`, wait until its S3 gateway takes a signed request.
+
+    `ip`: the address every part of it binds and advertises (see the module).
+    """
     data.mkdir(parents=True, exist_ok=True)
     master, volume, filer, s3, admin, iceberg, lance = free_port_pairs(7, GRPC_OFFSET)
     log = (data / "weed.log").open("wb")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     proc = subprocess.Popen(
-        [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        [weed_binary(), "mini", f"-dir={data}", f"-ip={ip}", f"-ip.bind={ip}",
          f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
          f"-s3.port={s3}", f"-admin.port={admin}", f"-s3.port.iceberg={iceberg}",
          f"-s3.port.lance={lance}", "-admin.ui=false", "-webdav=false", f"-bucket={BUCKET}"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )  # fmt: skip
-    found = ObjectStore(f"http://127.0.0.1:{s3}", BUCKET, ACCESS_KEY, SECRET_KEY, proc.pid)
+    found = ObjectStore(f"http://{ip}:{s3}", BUCKET, ACCESS_KEY, SECRET_KEY, proc.pid)
     try:
         deadline = time.monotonic() + start_timeout_s
         while True:
