@@ -19,6 +19,12 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
+if ! command -v ip >/dev/null 2>&1; then
+  echo "== installing iproute2 for the multi-host test (network namespaces)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iproute2 >/dev/null
+fi
 echo "== ruff"
 .venv/bin/ruff check server tests bench
 .venv/bin/ruff format --check server tests bench
