@@ -272,3 +272,27 @@ async def _until_snapshot(sock: Socket, wait_s: float) -> None:
     if any(e["type"] == "tray.snapshot" for e in sock.seen_events):
         return
     await sock.next("tray.snapshot", wait_s=wait_s)
+
+
+async def test_audience_change_and_delete_publish_from_their_scripts_on_the_cluster(
+    settings: Settings, cluster_url: str
+):
+    # set_audience.lua and end_item.lua SPUBLISH on the owner's slot, as post_item.lua does
+    settings = _on(settings, cluster_url)
+    with LiveServer(settings) as live:
+        await _ready(_broker(live))
+        owner, fan = Client(live, "owner"), Client(live, "fan")
+        await fan.http.put(f"/me/following/{owner.id}")
+        item = await owner.post_photo(audience="public")
+        sock, own = await fan.socket(), await owner.socket()
+        r = await owner.http.patch(f"/stories/{item['id']}", json={"audience": "close_friends"})
+        assert r.status_code == 200
+        assert (await sock.next("tray.remove"))["owner_id"] == owner.id
+        r = await owner.http.patch(f"/stories/{item['id']}", json={"audience": "public"})
+        assert r.status_code == 200
+        assert (await sock.next("tray.update"))["entry"]["owner"]["id"] == owner.id
+        assert (await owner.http.delete(f"/stories/{item['id']}")).status_code == 204
+        assert (await sock.next("story.removed"))["item_id"] == item["id"]
+        assert (await own.next("story.removed"))["item_id"] == item["id"]  # the owner's inbox
+        await sock.close()
+        await own.close()
