@@ -23,8 +23,10 @@ from redis.crc import key_slot
 from server.core.keys import Keys
 from server.core.settings import Settings
 from server.push.sharded import ShardedBroker, parse_slots
+from server.services import Services
 from tests.cluster import Cluster, running_cluster
 from tests.live import Client, LiveServer, Socket
+from tests.pubsub import canaries, our_channels
 
 Node = tuple[str, int]
 
@@ -296,3 +298,26 @@ async def test_audience_change_and_delete_publish_from_their_scripts_on_the_clus
         assert (await own.next("story.removed"))["item_id"] == item["id"]  # the owner's inbox
         await sock.close()
         await own.close()
+
+
+async def test_a_release_right_after_an_acquire_leaves_no_subscription(
+    settings: Settings, cluster_url: str
+):
+    svc = await Services.start(_on(settings, cluster_url))
+    try:
+        broker = svc.broker
+        assert isinstance(broker, ShardedBroker) and await broker.wait_ready(10)
+        names = [svc.store.keys.stories_channel(f"u_{n:03d}") for n in range(30)]  # 3 nodes
+        assert len({broker.owners[_slot(n)] for n in names}) == 3
+        for _ in range(20):
+            acquiring = asyncio.create_task(broker.acquire(*names))
+            await asyncio.sleep(0)  # the acquire has counted, its links not yet confirmed
+            broker.release(*names)
+            await acquiring
+        assert broker.refs == {} and all(not link.refs for link in broker.links.values())
+        deadline = time.monotonic() + 5
+        while (left := our_channels(cluster_url, settings.redis_prefix)) != canaries(broker):
+            assert time.monotonic() < deadline, left
+            await asyncio.sleep(0.05)
+    finally:
+        await svc.close()

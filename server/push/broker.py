@@ -136,16 +136,20 @@ class Broker:
         The wait is the batch's own future (shielded: a cancelled caller leaves it
         to the others), whose one timer is the batch's, not one per caller.
         """
+        batch = self.count_in(*channels)
+        if batch is not None:
+            await asyncio.shield(batch)
+
+    def count_in(self, *channels: str) -> asyncio.Future[None] | None:
+        """`acquire`'s counting, done before returning: the future of the batch that
+        SUBSCRIBEs the new channels (None when none is new or the link is down)."""
         fresh = False
         for channel in channels:
             self.refs[channel] += 1
             if self.refs[channel] == 1:
                 self._dirty.add(channel)
                 fresh = True
-        if fresh:
-            batch = self._kick()
-            if batch is not None:
-                await asyncio.shield(batch)
+        return self._kick() if fresh else None
 
     def release(self, *channels: str) -> None:
         """Count one less interest in each channel; UNSUBSCRIBE those left with none, batched.

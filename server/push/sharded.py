@@ -165,6 +165,15 @@ def _by_slot(channels: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
+async def _confirmed(channels: dict[NodeLink, list[str]]) -> None:
+    """Count `channels` in on their links now (so a `release` right after finds them),
+    then wait for the links' confirmations."""
+    batches = [link.count_in(*chs) for link, chs in channels.items()]
+    waits = [asyncio.shield(batch) for batch in batches if batch is not None]
+    if waits:
+        await asyncio.gather(*waits)
+
+
 class ShardedBroker:
     """Ref-counted sharded subscriptions over one link per primary, following the slot map.
 
@@ -247,8 +256,7 @@ class ShardedBroker:
                 if link is not None:
                     self.home[channel] = link
                     fresh.setdefault(link, []).append(channel)
-        if fresh:
-            await asyncio.gather(*(link.acquire(*chs) for link, chs in fresh.items()))
+        await _confirmed(fresh)
 
     def release(self, *channels: str) -> None:
         """Count one less interest in each channel; SUNSUBSCRIBE those left with none.
@@ -379,7 +387,7 @@ class ShardedBroker:
             del self.links[link.node]
             await link.close()
         if moves:
-            await asyncio.gather(*(link.acquire(*chs) for link, chs in moves.items()))
+            await _confirmed(moves)
             self.rehomes += 1
             log.info("slot map changed: %d channel(s) moved", sum(map(len, moves.values())))
             self.receiver.on_resubscribed()
