@@ -41,7 +41,7 @@ import redis.exceptions
 from redis.crc import key_slot
 
 from server.core.backoff import Backoff
-from server.push.broker import REDIS_ERRORS, Broker, Receiver
+from server.push.broker import CONFIRM_TIMEOUT_S, REDIS_ERRORS, Broker, Receiver
 from server.store.client import TIMEOUTS
 
 log = logging.getLogger("stories.broker")
@@ -100,6 +100,7 @@ class NodeLink(Broker):
         self._pick_canary = pick_canary
         self._on_lost = on_lost
         self._leaving: Counter[bytes] = Counter()  # SUNSUBSCRIBEs sent, replies not yet read
+        self.owe_snapshot = False  # set when channels moved here while the link was down
 
     def _order(self, channels: list[str]) -> list[str]:
         return sorted(channels, key=_slot)
@@ -123,7 +124,14 @@ class NodeLink(Broker):
     async def _connect(self) -> None:
         self.canary_channel = self._pick_canary(self.node)
         self._leaving.clear()
-        await super()._connect()
+        try:
+            await super()._connect()
+        except redis.exceptions.ResponseError as exc:  # MOVED: a slot left while we were away
+            self._on_lost(self, [])
+            raise redis.exceptions.ConnectionError(f"subscribing on {self.name}: {exc}") from exc
+        if self.owe_snapshot:  # channels came here while it was down: the hub resyncs
+            self.owe_snapshot = False
+            self.receiver.on_resubscribed()
 
     async def _drop(self) -> None:
         was_up = self.pubsub is not None
@@ -361,12 +369,16 @@ class ShardedBroker:
         """Open and close links for `owners`' primaries; move channels whose slot moved."""
         self.owners = owners
         primaries = set(owners.values())
+        fresh: list[NodeLink] = []
         for node in primaries - set(self.links):
             link = NodeLink(node, self.receiver, self._pick_canary, self._lost,
                             canary_interval_s=self.canary_interval_s,
                             canary_timeout_s=self.canary_timeout_s)  # fmt: skip
             self.links[node] = link
             await link.start()
+            fresh.append(link)
+        if fresh:  # moved channels go out on a ready link, confirmed before the resync
+            await asyncio.gather(*(link.wait_ready(CONFIRM_TIMEOUT_S) for link in fresh))
         moves: dict[NodeLink, list[str]] = {}
         for channel, old in list(self.home.items()):
             new = self._link_of(channel)
@@ -387,6 +399,8 @@ class ShardedBroker:
             del self.links[link.node]
             await link.close()
         if moves:
+            for link in moves:
+                link.owe_snapshot = link.pubsub is None  # its connect subscribes them, later
             await _confirmed(moves)
             self.rehomes += 1
             log.info("slot map changed: %d channel(s) moved", sum(map(len, moves.values())))
