@@ -133,6 +133,12 @@ class NodeLink(Broker):
             self.owe_snapshot = False
             self.receiver.on_resubscribed()
 
+    async def _read(self) -> None:
+        try:
+            await super()._read()
+        except redis.exceptions.ResponseError as exc:  # MOVED: a slot left before we knew
+            raise redis.exceptions.ConnectionError(f"on {self.name}: {exc}") from exc
+
     async def _drop(self) -> None:
         was_up = self.pubsub is not None
         await super()._drop()
