@@ -21,8 +21,9 @@ from server.push.broker import Broker
 from server.push.drain import Drain
 from server.push.gcpolicy import freeze_on_growth
 from server.push.hub import Hub
+from server.push.sharded import ShardedBroker
 from server.push.source import RedisHubSource
-from server.store.client import is_cluster_url, pubsub_client, redis_client
+from server.store.client import cluster_nodes, is_cluster_url, redis_client
 from server.store.graph import Graph
 from server.store.limits import Idempotency
 from server.store.migrate import move_legacy_indexes
@@ -82,7 +83,7 @@ class Services:
     media: MediaPool
     sweeper: Sweeper
     hub: Hub
-    broker: Broker
+    broker: Broker | ShardedBroker
     captures: CaptureManager
     drain: Drain
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -122,12 +123,12 @@ class Services:
         publisher = CapturePublisher(store, media, writer)
         captures = CaptureManager(capture_config(settings), process_dir(data / "captures"),
                                   on_finished=publisher.finished, on_failed=publisher.failed)  # fmt: skip
-        # On a cluster the broker gets a plain client of one node until sharded pub/sub
-        # lands (push/broker.py): classic PUBLISH/SUBSCRIBE is cluster-wide, so it works.
-        bus_redis = (
-            pubsub_client(settings.redis_url) if is_cluster_url(settings.redis_url) else redis
-        )
-        broker = Broker(bus_redis, hub, keys.canary_channel(secrets.token_hex(6)))
+        broker: Broker | ShardedBroker
+        if is_cluster_url(settings.redis_url):  # sharded pub/sub: a link per primary
+            seeds = cluster_nodes(settings.redis_url)
+            broker = ShardedBroker(redis, hub, seeds, keys.canary_channel)
+        else:
+            broker = Broker(redis, hub, keys.canary_channel(secrets.token_hex(6)))
         svc = cls(
             settings=settings,
             store=store,
@@ -171,8 +172,6 @@ class Services:
         await _bounded("broker", self.broker.close(), left(5))
         self.media.close()
         remove_own_dirs(self.settings.data_path.resolve())
-        if self.broker.redis is not self.store.redis:  # the cluster's pub/sub client
-            await _bounded("pubsub redis", self.broker.redis.aclose(), left(5))
         await _bounded("redis", self.store.redis.aclose(), left(5))
 
 

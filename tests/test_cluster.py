@@ -99,7 +99,7 @@ def test_buckets_and_owners_are_spread_over_the_primaries(cluster):
 
 
 def test_post_tray_seen_viewers_delete_over_many_slots(login, client, cluster, settings):
-    # the broker's pub/sub (classic, on the first node until sharded pub/sub) hears its canary
+    # the sharded broker has a link up on every primary, each hearing its own canary
     assert _wait(lambda: client.get("/readyz").status_code == 200)
     viewer = login("viewer")
     owners = [login(f"owner{n:02d}") for n in range(OWNERS)]

@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis as sync_redis
 import websockets
 
 from server.core import events
@@ -31,6 +30,7 @@ from server.push.connection import Connection
 from server.push.wire import AsgiWire
 from server.services import Services
 from tests.live import Client, LiveServer
+from tests.pubsub import canaries, our_channels
 
 N_USERS = 40
 FOLLOWS_EACH = 3
@@ -53,11 +53,7 @@ async def _null_close(code: int, reason: str) -> None:
 
 
 def _channels(redis_url: str, prefix: str) -> list[str]:
-    client = sync_redis.Redis.from_url(redis_url)
-    try:
-        return sorted(c.decode() for c in client.pubsub_channels(prefix + "*"))
-    finally:
-        client.close()
+    return our_channels(redis_url, prefix)
 
 
 def _clean(svc: Services) -> dict[str, Any]:
@@ -135,9 +131,7 @@ async def test_attach_detach_cycles_leave_nothing(settings: Settings) -> None:
             await hub.attach(conn)
             kind = ("following", "hidden", "close_friend")[n % 3]
             event = events.graph_changed(kind, other["id"], on=kind != "hidden")
-            await svc.store.redis.publish(
-                svc.store.keys.inbox_channel(user["id"]), events.encode(event)
-            )
+            await svc.store.bus.tell(user["id"], event)
             deadline = time.monotonic() + 2
             while not _pending("Hub._apply_graph") and time.monotonic() < deadline:
                 await asyncio.sleep(0)
@@ -165,7 +159,7 @@ async def test_attach_detach_cycles_leave_nothing(settings: Settings) -> None:
 
         assert not _pending("_resume")
         deadline, url = time.monotonic() + 5, settings.redis_url or ""
-        while (left := _channels(url, settings.redis_prefix)) != [svc.broker.canary_channel]:
+        while (left := _channels(url, settings.redis_prefix)) != canaries(svc.broker):
             assert time.monotonic() < deadline, left
             await asyncio.sleep(0.05)
     finally:
@@ -180,7 +174,7 @@ def live(settings: Settings):
 
 async def _wait_clean(live: LiveServer, redis_url: str, prefix: str) -> None:
     svc: Services = live.app.state.services
-    want = [svc.broker.canary_channel]
+    want = canaries(svc.broker)
     deadline = time.monotonic() + 10
     while True:
         try:

@@ -19,7 +19,9 @@ from PIL import Image
 
 from server.push.wire import UvicornWire
 from server.store.embedded_redis import EmbeddedRedis
+from tests.conftest import sync_redis
 from tests.live import Client, LiveServer
+from tests.pubsub import publish_command
 
 
 def comparable(entries):
@@ -118,7 +120,8 @@ async def test_slow_reader_is_closed_1013_and_never_delays_the_others(settings):
         hub = live.app.state.services.hub
         assert all(isinstance(c.wire, UvicornWire) for c in hub.conns)  # its backpressure path
         store = live.app.state.services.store
-        publisher = redis.Redis.from_url(settings.redis_url)
+        publisher = sync_redis(settings.redis_url)
+        publish = publish_command(settings.redis_url)
         channel = store.keys.inbox_channel(owner.id)
         lags = []
         for batch in range(100):
@@ -128,7 +131,7 @@ async def test_slow_reader_is_closed_1013_and_never_delays_the_others(settings):
                     {"n": batch * 50 + n, "at": time.time(), "pad": secrets.token_urlsafe(3000)}
                 ).decode()
                 event = {"type": "story.reply", "item_id": "x.1", "user": owner.user, "text": text}
-                pipe.publish(channel, orjson.dumps(event))
+                pipe.execute_command(publish, channel, orjson.dumps(event))
             pipe.execute()
             while True:
                 try:

@@ -144,7 +144,8 @@ class Keys:
         """A secret every process and host on this Redis shares (`store/secrets.py`)."""
         return f"{self.p}secret:{name}"
 
-    # channels
+    # channels: each under its user's hash tag, the slot of that user's keys, so a script
+    # writing an owner's keys SPUBLISHes on its own slot on a cluster (store/bus.py)
     def stories_channel(self, owner: str) -> str:
         """Lifecycle of an owner's items (story.new, story.removed, audience changes).
 
@@ -160,4 +161,6 @@ class Keys:
         return f"{self.p}ev:{{{uid}}}:inbox"
 
     def canary_channel(self, node_id: str) -> str:
+        """A broker's own canary channel (on a cluster, one per node: `node_id` names a
+        slot of that node, see push/sharded.py)."""
         return f"{self.p}ev:canary:{node_id}"

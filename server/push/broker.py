@@ -63,8 +63,24 @@ class Receiver(Protocol):
     def on_resubscribed(self) -> None: ...
 
 
+class Subscriptions(Protocol):
+    """What the hub asks of a broker (`Broker`, or `push/sharded.py`'s on a cluster)."""
+
+    async def acquire(self, *channels: str) -> None: ...
+
+    def release(self, *channels: str) -> None: ...
+
+
 class Broker:
-    """Ref-counted subscriptions over one pub/sub connection, self-healing."""
+    """Ref-counted subscriptions over one pub/sub connection, self-healing.
+
+    Classic SUBSCRIBE/PUBLISH. The `_send_*`, `_order`, `_publish_canary` and
+    `_on_control` hooks are what `push/sharded.py`'s per-node link overrides for
+    SSUBSCRIBE/SPUBLISH.
+    """
+
+    MESSAGE = "message"  # the reply type of a publication
+    SUBSCRIBED = "subscribe"  # the reply type of a subscription's confirmation
 
     def __init__(
         self,
@@ -120,16 +136,20 @@ class Broker:
         The wait is the batch's own future (shielded: a cancelled caller leaves it
         to the others), whose one timer is the batch's, not one per caller.
         """
+        batch = self.count_in(*channels)
+        if batch is not None:
+            await asyncio.shield(batch)
+
+    def count_in(self, *channels: str) -> asyncio.Future[None] | None:
+        """`acquire`'s counting, done before returning: the future of the batch that
+        SUBSCRIBEs the new channels (None when none is new or the link is down)."""
         fresh = False
         for channel in channels:
             self.refs[channel] += 1
             if self.refs[channel] == 1:
                 self._dirty.add(channel)
                 fresh = True
-        if fresh:
-            batch = self._kick()
-            if batch is not None:
-                await asyncio.shield(batch)
+        return self._kick() if fresh else None
 
     def release(self, *channels: str) -> None:
         """Count one less interest in each channel; UNSUBSCRIBE those left with none, batched.
@@ -168,20 +188,18 @@ class Broker:
         while self._dirty and self.pubsub is not None and self._ready.is_set():
             pubsub, dirty, done = self.pubsub, self._dirty, self._next
             self._dirty, self._next = set(), None
-            subscribe = [c for c in dirty if c in self.refs]
+            subscribe = self._order([c for c in dirty if c in self.refs])
             unsubscribe = [c for c in dirty if c not in self.refs]
             try:
                 for start in range(0, len(unsubscribe), BATCH):
-                    self.commands += 1
-                    await pubsub.unsubscribe(*unsubscribe[start : start + BATCH])
+                    await self._send_unsubscribe(pubsub, unsubscribe[start : start + BATCH])
                 for start in range(0, len(subscribe), BATCH):
                     chunk = subscribe[start : start + BATCH]
                     if done is not None and start + BATCH >= len(subscribe):
                         self._confirming.append((chunk[-1].encode(), done))
                         asyncio.get_running_loop().call_later(CONFIRM_TIMEOUT_S, _settle, done)
                         done = None
-                    self.commands += 1
-                    await pubsub.subscribe(*chunk)
+                    await self._send_subscribe(pubsub, chunk)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the link went meanwhile: the next one gets these
@@ -191,6 +209,28 @@ class Broker:
                 if done is not None and not done.done():
                     done.set_result(None)  # nothing to confirm (only unsubscribes, or it failed)
             await asyncio.sleep(0)  # let more sockets come and go before the next batch
+
+    def _order(self, channels: list[str]) -> list[str]:
+        """The order to subscribe `channels` in (the last one's confirmation ends a batch)."""
+        return channels
+
+    async def _send_subscribe(self, pubsub: Any, channels: list[str]) -> None:
+        """Send the subscription of `channels` (replies come to the reader)."""
+        self.commands += 1
+        await pubsub.subscribe(*channels)
+
+    async def _send_unsubscribe(self, pubsub: Any, channels: list[str]) -> None:
+        """Send the unsubscription of `channels` (replies come to the reader)."""
+        self.commands += 1
+        await pubsub.unsubscribe(*channels)
+
+    async def _publish_canary(self) -> None:
+        """Publish the canary through the ordinary client; a Redis outage is ignored."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.redis.publish(self.canary_channel, self.nonce)
+
+    def _on_control(self, msg: dict[str, Any]) -> None:
+        """A reply that is neither a publication nor a subscription's confirmation."""
 
     def _confirmed(self, channel: bytes) -> None:
         """A subscribe confirmation came: release the batch it ends, if it ends one."""
@@ -235,13 +275,18 @@ class Broker:
         channels = [self.canary_channel, *self.refs]
         self._dirty.clear()  # this link starts with every referenced channel; later changes
         # are dirty again and go out once it is ready
-        await pubsub.subscribe(*channels)
-        confirmed = 0
-        deadline = time.monotonic() + 5
-        while confirmed < len(channels) and time.monotonic() < deadline:
-            msg = await pubsub.get_message(timeout=1.0)
-            if msg and msg["type"] == "subscribe":
-                confirmed += 1
+        try:
+            await self._send_subscribe(pubsub, self._order(channels))
+            confirmed = 0
+            deadline = time.monotonic() + 5
+            while confirmed < len(channels) and time.monotonic() < deadline:
+                msg = await pubsub.get_message(timeout=1.0)
+                if msg and msg["type"] == self.SUBSCRIBED:
+                    confirmed += 1
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise
         if confirmed < len(channels):
             await pubsub.aclose()
             raise redis.exceptions.ConnectionError("subscriptions were not confirmed")
@@ -295,9 +340,11 @@ class Broker:
             # any message proves the link is alive: also the thousands of (un)subscribe
             # confirmations that follow a storm of sockets, read before the canary's turn
             self._canary_seen = time.monotonic()
-            if msg["type"] != "message":
-                if msg["type"] == "subscribe":
+            if msg["type"] != self.MESSAGE:
+                if msg["type"] == self.SUBSCRIBED:
                     self._confirmed(msg["channel"])
+                else:
+                    self._on_control(msg)
                 continue
             channel = msg["channel"].decode()
             if channel == self.canary_channel:
@@ -315,8 +362,7 @@ class Broker:
             await asyncio.sleep(self.canary_interval_s)
             if not self._ready.is_set():
                 continue
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self.redis.publish(self.canary_channel, self.nonce)
+            await self._publish_canary()
             silent = time.monotonic() - self._canary_seen
             if silent > self.canary_timeout_s and self.pubsub is not None:
                 log.warning("pub/sub deaf for %.1f s; reconnecting", silent)

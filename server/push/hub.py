@@ -50,7 +50,7 @@ from server.core.clock import Clock
 from server.core.keys import Keys
 from server.core.settings import Settings
 from server.push.admission import SignInGate
-from server.push.broker import Broker
+from server.push.broker import Subscriptions
 from server.push.connection import Connection
 from server.push.dispatch import Dispatcher
 from server.push.interest import Interest
@@ -79,7 +79,7 @@ class Hub:
         self.keys = keys
         self.settings = settings
         self.clock = clock
-        self.broker: Broker | None = None
+        self.broker: Subscriptions | None = None
         self.conns: set[Connection] = set()
         self.interest: Interest[Connection] = Interest(self.conns.__contains__)
         self.owners: dict[str, OwnerCache] = {}  # owner → cache, filled by `loads`
@@ -120,7 +120,7 @@ class Hub:
             events.CAPTURE_FAILED: on.forward,
         }
 
-    def bind(self, broker: Broker) -> None:
+    def bind(self, broker: Subscriptions) -> None:
         self.broker = broker
 
     def now(self) -> int:

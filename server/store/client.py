@@ -86,20 +86,3 @@ def slot_groups(redis: aioredis.Redis, names: list[str]) -> list[list[int]]:
     for i, name in enumerate(names):
         groups.setdefault(key_slot(name.encode()), []).append(i)
     return list(groups.values())
-
-
-def pubsub_client(url: str) -> aioredis.Redis:
-    """A plain client of a cluster's first startup node, for the broker's pub/sub.
-
-    Classic PUBLISH/SUBSCRIBE is cluster-wide in Redis Cluster (a message
-    published on any node reaches subscribers on every node), so the broker's
-    one pub/sub connection and its canary PUBLISH work on any one node, though
-    every message crosses the whole cluster bus. Sharded pub/sub
-    (SSUBSCRIBE/SPUBLISH) is to replace this. Raises ValueError for a URL that
-    is not `redis+cluster://` (one Redis: the broker shares `redis_client`).
-    """
-    host, port = cluster_nodes(url)[0]
-    pool = aioredis.BlockingConnectionPool(
-        host=host, port=port, max_connections=4, timeout=5, **TIMEOUTS
-    )
-    return aioredis.Redis(connection_pool=pool)
