@@ -35,3 +35,14 @@ echo "== import layers"
 .venv/bin/lint-imports
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
+if [ "$#" -eq 0 ]; then
+  # The push and core suites once more, every app on the local Redis Cluster
+  # (tests/cluster.py), less the tests about one Redis's own mechanisms.
+  echo "== pytest on a Redis Cluster: push and core suites"
+  STORIES_TEST_REDIS=cluster .venv/bin/python -m pytest -m "not one_redis" \
+    tests/test_push.py tests/test_push_shares.py tests/test_push_wire.py \
+    tests/test_push_leaks.py tests/test_push_storms.py tests/test_push_resilience.py \
+    tests/test_push_audience_property.py tests/test_hub_core.py tests/test_api_stories.py \
+    tests/test_audience.py tests/test_shares.py tests/test_shares_property.py \
+    tests/test_bad_input.py tests/test_rate_limits.py tests/test_rollout.py
+fi

@@ -33,7 +33,6 @@ from server.push.connection import Connection
 from server.push.wire import AsgiWire
 from server.services import Services
 from server.store.embedded_redis import EmbeddedRedis
-from tests.conftest import on_cluster
 from tests.live import Client, LiveServer
 from tests.pubsub import canaries
 from tests.test_push_leaks import CLEAN, _channels, _clean, _null_close, _null_send, _wait_clean
@@ -231,9 +230,7 @@ def _count_pool_waits(live: LiveServer) -> Callable[[], int]:
     return lambda: waits[0]
 
 
-@pytest.mark.skipif(
-    on_cluster(), reason="about one Redis's blocking pool (cluster pools fail fast)"
-)
+@pytest.mark.one_redis  # about one Redis's blocking pool (cluster pools fail fast)
 async def test_connect_storm_on_a_small_redis_pool_is_served_or_told_to_retry(
     settings: Settings,
 ) -> None:
@@ -324,7 +321,7 @@ async def test_close_storm_has_no_deaf_event_and_no_traceback(settings: Settings
                 logger.removeHandler(collect)
 
 
-@pytest.mark.skipif(on_cluster(), reason="pattern subscriptions: sharded pub/sub has none")
+@pytest.mark.one_redis  # pattern subscriptions: sharded pub/sub has none
 async def test_personal_events_never_go_on_a_stories_channel(settings: Settings) -> None:
     with LiveServer(settings) as live:
         owner, fan = Client(live, "evowner"), Client(live, "evfan")
