@@ -102,9 +102,11 @@ class ObjectStorage:
             raise _unavailable(exc) from None
 
     async def delete_prefix(self, prefix: str) -> None:
+        # object_store lists by whole path segments: list the folder, match the stem here
+        folder = prefix.rpartition("/")[0]
         try:
-            keys = [meta["path"] async for batch in obstore.list(self.store, prefix)
-                    for meta in batch]  # fmt: skip
+            keys = [meta["path"] async for batch in obstore.list(self.store, folder or None)
+                    for meta in batch if meta["path"].startswith(prefix)]  # fmt: skip
             await self.delete(keys)
         except BaseError as exc:
             raise _unavailable(exc) from None

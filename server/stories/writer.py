@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from server.media.pipeline import ProcessedMedia
 
 
+UPLOAD_GRACE_MS = 3600 * 1000  # a post still not published this long after its upload failed
+
+
 def _file_keys(owner: str, seq: int, ext: str) -> tuple[str, str]:
     """Storage keys of an item's media file and poster: `media/<owner>/<seq>-<random>…`."""
     stem = f"media/{owner}/{seq}-{secrets.token_hex(4)}"
@@ -76,9 +79,21 @@ class StoryWriter:
         source: str,
         created_ms: int | None = None,
     ) -> Posted:
-        """Store `media` (files are moved) and publish a new item (`Posted`)."""
+        """Store `media` (files are moved) and publish a new item (`Posted`).
+
+        Before any file is stored the item is put in the media-gc schedule,
+        `UPLOAD_GRACE_MS` ahead: if the post never completes (an object store that
+        took the bytes after the request gave up, a process killed mid-upload),
+        the sweeper finds no record then and removes the files by their name. A
+        published post takes itself out of the schedule in its own pipeline.
+        """
         seq = await self._next_seq(owner["id"])
         media_key, poster_key = _file_keys(owner["id"], seq, media.ext)
+        pending = item_id(owner["id"], seq)
+        await self.s.redis.zadd(
+            self.s.keys.media_gc_schedule_of(pending),
+            {pending: self.s.clock.now_ms() + UPLOAD_GRACE_MS},
+        )
         await self.s.storage.put(media.path, media_key, media.mime)
         try:
             await self.s.storage.put(media.poster_path, poster_key, "image/jpeg")
@@ -131,6 +146,8 @@ class StoryWriter:
         )
         batch.pipe.zadd(k.expiry_schedule_of(rec.id), {rec.id: rec.expires_ms})
         batch.pipe.zadd(k.active_owners_of(rec.owner), {rec.owner: rec.expires_ms}, gt=True)
+        if rec.media_key:  # posted: no longer an upload the sweeper may have to clean up
+            batch.pipe.zrem(k.media_gc_schedule_of(rec.id), rec.id)
         await batch.execute()
         return Posted(rec, {**item, "seen": True, "view_count": 0})
 
