@@ -113,6 +113,16 @@ def redis_for(settings: Settings, *, share: bool = False) -> Iterator[str]:
         embedded.stop()
 
 
+def check_media_storage(settings: Settings) -> str:
+    """Where media goes, after checking an object store answers (raises StorageUnavailable)."""
+    if not settings.object_store_url:
+        return str(settings.data_path.resolve() / "media")
+    from server.services import media_storage
+
+    asyncio.run(media_storage(settings).check())
+    return f"{settings.object_store_url} at {settings.s3_endpoint or 'AWS S3'}"
+
+
 def check_redis(url: str, timeout_s: float = 5.0) -> str:
     """The Redis version at `url`; raises redis.RedisError when it does not answer.
 
@@ -171,9 +181,10 @@ def _serve(settings: Settings) -> None:
     with redis_for(settings) as url:
         settings.redis_url = url
         version = check_redis(url)
+        media = check_media_storage(settings)
         kind = "embedded" if url.startswith("unix://") else "external"
-        print(f"Stories server on http://{settings.host}:{settings.port}/  (Redis {version}, {kind}: {url})",
-              flush=True)  # fmt: skip
+        print(f"Stories server on http://{settings.host}:{settings.port}/  (Redis {version}, {kind}: {url}; "
+              f"media: {media})", flush=True)  # fmt: skip
         import os
 
         os.environ["STORIES_RESOLVED_SETTINGS"] = settings.to_json().decode()

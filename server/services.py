@@ -55,17 +55,21 @@ def media_storage(settings: Settings) -> Storage:
     """Local files under the data dir, or the object store of `object_store_url`."""
     if not settings.object_store_url:
         return LocalStorage(settings.data_path.resolve())
-    from server.store.objects import ObjectStorage, s3_store
-
-    return ObjectStorage(
-        s3_store(
-            settings.object_store_url,
-            endpoint=settings.s3_endpoint,
-            region=settings.s3_region,
-            access_key_id=settings.s3_access_key_id,
-            secret_access_key=settings.s3_secret_access_key,
-        )
+    from server.store.objects import (
+        REQUEST_TIMEOUT_S,
+        STREAM_TIMEOUT_S,
+        ObjectStorage,
+        s3_store,
     )
+
+    def bucket(url: str, timeout_s: float) -> Any:
+        return s3_store(url, endpoint=settings.s3_endpoint, region=settings.s3_region,
+                        access_key_id=settings.s3_access_key_id,
+                        secret_access_key=settings.s3_secret_access_key,
+                        timeout_s=timeout_s)  # fmt: skip
+
+    url = settings.object_store_url
+    return ObjectStorage(bucket(url, REQUEST_TIMEOUT_S), bucket(url, STREAM_TIMEOUT_S))
 
 
 @dataclass

@@ -38,11 +38,13 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def stories(*args: str, cwd: Path, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run `python -m server ARGS` to completion."""
+def stories(
+    *args: str, cwd: Path, timeout_s: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m server ARGS` to completion (`env`: more variables)."""
     return subprocess.run(
         [sys.executable, "-m", "server", *args],
-        env=cli_env(),
+        env={**cli_env(), **(env or {})},
         cwd=cwd,
         capture_output=True,
         text=True,

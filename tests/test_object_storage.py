@@ -94,6 +94,8 @@ def test_media_redirect_answers_302_to_a_presigned_url(s3_settings, object_store
         assert r.status_code == 302
         location = r.headers["location"]
         assert location.startswith(object_store.endpoint) and "X-Amz-Signature=" in location
+        assert r.headers["cache-control"] == "no-store"  # every fetch is checked again
+        assert "X-Amz-Expires=60&" in location  # a deleted item's bytes stop within a minute
         fetched = httpx.get(location)
         assert fetched.status_code == 200 and fetched.content[:2] == b"\xff\xd8"
         forged = location.replace("X-Amz-Signature=", "X-Amz-Signature=0")
@@ -179,3 +181,22 @@ def test_an_upload_whose_post_never_completes_is_removed_by_the_sweeper(s3_setti
         assert len(object_store.keys(prefix)) == 2, "not before the grace is over"
         clock.advance(120_000)
         _wait(lambda: object_store.keys(prefix) == [], "orphaned upload removed")
+
+
+def test_serve_refuses_to_start_on_an_object_store_it_cannot_use(object_store, tmp_path):
+    """A wrong secret, a missing bucket, a bucket-less URL: one line and a non-zero exit,
+    before the server starts, instead of a server whose every post is a 503."""
+    from tests.test_cli import stories
+
+    good = object_store.settings("x")
+    cases = {
+        "refused the request": {**good, "s3_secret_access_key": "wrong"},
+        "bucket does not exist": {**good, "object_store_url": "s3://no-such-bucket/x"},
+        "s3://bucket[/prefix]": {**good, "object_store_url": "s3://"},
+    }
+    for expected, fields in cases.items():
+        env = {f"STORIES_{k.upper()}": v for k, v in fields.items()}
+        done = stories("serve", "--data-dir", str(tmp_path / "d"), cwd=tmp_path, env=env,
+                       timeout_s=60)  # fmt: skip
+        assert done.returncode != 0 and expected in done.stderr, (expected, done.stderr)
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -14,8 +14,8 @@ Local files: Starlette's `FileResponse` serves exactly the ranges we accepted
 (multipart/byteranges for several). Object store (`object_store_url`): one range
 is a ranged GET streamed through (206); a request for several ranges gets the
 whole file (200, which RFC 9110 section 14.2 allows); with `media_redirect` the
-answer is instead a 302 to a URL the object store signed, valid no longer than
-ours, after the same checks. A store that does not answer is a 503.
+answer is instead a 302 (`no-store`) to a URL the object store signed, valid for
+`PRESIGN_S` (60 s) at most and never past ours, after the same checks. A store that does not answer is a 503.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ from server.core.errors import NotFound
 from server.core.signing import VARIANTS
 from server.store.storage import Storage
 
-MAX_PRESIGN_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+# How long a presigned object-store URL of `media_redirect` lives: long enough to start
+# a download (and its Range requests), short enough that a deleted item's bytes stop
+# being reachable soon after our own URL stops answering.
+PRESIGN_S = 60
 
 
 class _RangedFile(FileResponse):
@@ -102,8 +105,9 @@ async def _stored(
     if found is None:
         raise NotFound("no such media")
     if redirect_s is not None:
-        url = storage.presign(key, min(redirect_s, MAX_PRESIGN_S))
-        if url is not None:
+        url = storage.presign(key, max(1, min(redirect_s, PRESIGN_S)))
+        if url is not None:  # not cached: every fetch comes back here and is checked again
+            headers = {**headers, "Cache-Control": "no-store"}
             return RedirectResponse(url, status_code=302, headers=headers)
     last_modified = formatdate(found.modified_s, usegmt=True)
     headers = {**headers, "Accept-Ranges": "bytes", "Last-Modified": last_modified}

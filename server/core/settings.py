@@ -214,7 +214,8 @@ def validate(settings: Settings) -> None:
         raise ValueError("ws_sign_in_queue must be 0 or more")
     if settings.ws_idle_timeout_s <= settings.ws_ping_interval_s:
         raise ValueError("ws_idle_timeout_s must be longer than ws_ping_interval_s")
-    if settings.object_store_url and not settings.object_store_url.startswith("s3://"):
+    url = settings.object_store_url
+    if url and (not url.startswith("s3://") or not url[len("s3://") :].split("/")[0]):
         raise ValueError("object_store_url must be s3://bucket[/prefix]")
     if settings.media_redirect and not settings.object_store_url:
         raise ValueError("media_redirect needs object_store_url: local files have no other URL")

@@ -37,6 +37,10 @@ class StoredFile:
 class Storage(Protocol):
     """Where media files live. Keys are relative paths without `..`."""
 
+    async def check(self) -> None:
+        """Raise StorageUnavailable unless the store answers with these settings."""
+        ...
+
     async def put(self, src: Path, key: str, content_type: str) -> None:
         """Store the file at `src` under `key`; `src` is gone afterwards."""
         ...
@@ -82,6 +86,9 @@ class LocalStorage:
 
     def local_path(self, key: str) -> Path | None:
         return self.path(key)
+
+    async def check(self) -> None:
+        return None  # the root was made (or refused) in __init__
 
     async def put(self, src: Path, key: str, content_type: str) -> None:
         _move_into_place(src, self.path(key))
