@@ -57,7 +57,8 @@ async def _redis_down(request: Request, exc: Exception) -> Response:
     log.warning("redis unavailable: %s", exc)
     return problem_response(
         ServiceUnavailable(
-            "the database (Redis) is unavailable; retry shortly", retry_after_s=settings.redis_retry_after_s
+            "the database (Redis) is unavailable; retry shortly",
+            retry_after_s=settings.redis_retry_after_s,
         )
     )
 
