@@ -18,9 +18,10 @@
    and `ClientPool` this reuses); the ratio is to the 1-process group's phase
    in the same round.
 3. **Tray at 2,000 followed: one Redis vs a Redis Cluster.** The data of
-   `bench/tray.py` seeded into the benchmark's Redis and into a local 3+3
-   cluster (`tests/cluster.py`), a server on each, `GET /api/v1/tray` in
-   alternating blocks; in-process `StoryReader.tray` alternating too.
+   `bench/tray.py` seeded into one Debian redis-server 7 on TCP, into the
+   benchmark's embedded Redis and into a local 3+3 cluster of the same
+   redis-server 7 (`tests/cluster.py`), a server on each, `GET /api/v1/tray`
+   in rotating blocks; in-process `StoryReader.tray` alternating too.
 4. **Capacity for 20 M sockets** (`bench/scaleout_capacity.py`) from the
    per-process figures of phase 2: idle RSS per socket, CPU per delivery, CPU
    per sign-in.
@@ -39,6 +40,7 @@ import math
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -359,19 +361,61 @@ def judge_fanout(run: dict[str, Any], cores: int) -> list[dict[str, Any]]:
 # --- phase 3: the tray on one Redis and on a cluster -------------------------------------------
 
 
+SINGLE, EMBEDDED, CLUSTER = "one Redis 7 (TCP)", "embedded Redis (unix socket)", "cluster"
+
+
+@contextlib.contextmanager
+def standalone_redis(folder: Path) -> Any:
+    """One Debian redis-server 7 on a free 127.0.0.1 port, the cluster nodes' binary and
+    flags without cluster mode (no persistence); yields its URL; stopped by its PID."""
+    from server.store.procs import parent_death_signal
+    from tests.cluster import binaries
+
+    server, _ = binaries()
+    port = h.free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "redis.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+             "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=parent_death_signal(),
+        )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(redis.RedisError), redis.Redis.from_url(url) as r:
+                if r.ping():
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {port} did not start")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()  # SIGTERM to that PID
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 async def tray_versus_cluster(
     url: str, prefix: str, tmp: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """`bench/tray.py`'s data on the single Redis and on a local cluster; alternating timings."""
+    """`bench/tray.py`'s data on one Redis 7, the embedded Redis and a local cluster.
+
+    The target compares the cluster with the one Redis 7: the same redis-server
+    binary and flags, over TCP too, so the ratio is what the cluster costs.
+    """
     from server.stories.reader import StoryReader
     from tests.cluster import running_cluster
 
     viewer = tray_bench.viewer_id(2000)
-    with running_cluster(tmp / "cluster") as cluster:
-        stores = {
-            "single Redis": h.in_process_store(url, prefix, tmp / "tray-single"),
-            "cluster": h.in_process_store(cluster.url, prefix, tmp / "tray-cluster"),
-        }
+    with running_cluster(tmp / "cluster") as cluster, standalone_redis(tmp / "redis7") as r7:
+        urls = {SINGLE: r7, EMBEDDED: url, CLUSTER: cluster.url}
+        stores = {name: h.in_process_store(u, prefix, tmp / f"tray-{i}")
+                  for i, (name, u) in enumerate(urls.items())}  # fmt: skip
         expected = {}
         try:
             for name, store in stores.items():
@@ -379,10 +423,10 @@ async def tray_versus_cluster(
                 expected[name] = await tray_bench.seed(store, random.Random(20261129))
                 print(f"  seeded the tray data into {name} in {time.perf_counter() - t0:.1f} s",
                       flush=True)  # fmt: skip
-            assert expected["single Redis"] == expected["cluster"]
+            assert all(e == expected[CLUSTER] for e in expected.values()), expected
             readers = {name: StoryReader(s) for name, s in stores.items()}
             rings = {name: len(await r.tray(viewer)) for name, r in readers.items()}
-            assert rings["single Redis"] == rings["cluster"] == expected["cluster"][2000], rings
+            assert set(rings.values()) == {expected[CLUSTER][2000]}, rings
             times: dict[str, list[float]] = {name: [] for name in stores}
             for _ in range(args.tray_in_process_calls):
                 for name, reader in readers.items():
@@ -395,13 +439,13 @@ async def tray_versus_cluster(
                 await store.redis.aclose()
         with contextlib.ExitStack() as stack:
             servers = {}
-            for name, server_url in (("single Redis", url), ("cluster", cluster.url)):
-                server = h.ServerProcess(server_url, tmp / f"tray-{name[:6]}", prefix, dict(ENV))
+            for i, (name, server_url) in enumerate(urls.items()):
+                server = h.ServerProcess(server_url, tmp / f"tray-server-{i}", prefix, dict(ENV))
                 server.start()
                 stack.callback(server.stop)
                 servers[name] = server
-            http = await _tray_http(servers, expected["cluster"][2000], args)
-    return {"rings": rings["cluster"], "in_process": in_process, "http": http}
+            http = await _tray_http(servers, expected[CLUSTER][2000], args)
+    return {"rings": rings[CLUSTER], "in_process": in_process, "http": http}
 
 
 async def _tray_http(
@@ -425,7 +469,8 @@ async def _tray_http(
             await h.closed_loop(call, clients[name], concurrency=1, count=20)  # warm
         names = list(servers)
         for rnd in range(args.tray_rounds):
-            for name in names if rnd % 2 == 0 else names[::-1]:
+            k = rnd % len(names)
+            for name in names[k:] + names[:k]:
                 await h.closed_loop(calls[name], clients[name], concurrency=1,
                                     duration_s=args.tray_block_s, into=samples[name])  # fmt: skip
     return {name: s.summary() for name, s in samples.items()}
@@ -468,6 +513,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         with h.redis_for_bench(tmp) as (url, prefix):
             m = h.machine(url)
             m["open_files_limit"] = nofile
+            with contextlib.suppress(Exception):
+                from tests.cluster import binaries
+
+                version = subprocess.run([binaries()[0], "--version"], capture_output=True,
+                                         text=True).stdout  # fmt: skip
+                m["debian_redis"] = version.split("v=")[1].split()[0]
             store = h.in_process_store(url, prefix, tmp / "in-process")
             auth = Authenticator(Settings(jwt_secret=fo.JWT_SECRET, data_dir=str(tmp)))
             try:
@@ -514,15 +565,15 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=4, help="client processes per group")
     p.add_argument("--creators", type=int, default=12, help="creators posts rotate over")
     p.add_argument("--phase-s", type=float, default=8.0, help="length of the steady phase")
-    p.add_argument("--burst", type=int, default=50, help="posts in the burst")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of phase 2")
+    p.add_argument("--burst", type=int, default=100, help="posts in the burst")
+    p.add_argument("--rounds", type=int, default=4, help="rounds of phase 2")
     p.add_argument("--drain-s", type=float, default=30.0)
     p.add_argument("--msg-followers", type=int, default=400, help="followers in phase 1")
     p.add_argument("--msg-posts", type=int, default=20, help="posts per case of phase 1")
     p.add_argument("--few", type=int, default=8, help="followers of the 'few' case of phase 1")
-    p.add_argument("--tray-rounds", type=int, default=8)
+    p.add_argument("--tray-rounds", type=int, default=9)
     p.add_argument("--tray-block-s", type=float, default=2.0)
-    p.add_argument("--tray-in-process-calls", type=int, default=100)
+    p.add_argument("--tray-in-process-calls", type=int, default=300)
     p.add_argument("--phases", default="messages,fanout,tray", type=lambda s: s.split(","))
     p.add_argument("--max-load", type=float, default=1.5)
     p.add_argument("--wait-s", type=float, default=900.0, help="how long to wait for --max-load")

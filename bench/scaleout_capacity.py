@@ -106,7 +106,7 @@ def estimate(measured: dict[str, float], a: dict[str, Any] | None = None) -> dic
     return {
         "assumptions": a,
         "measured": m,
-        "steps": [(w, f, round(v, 3)) for w, f, v in steps],
+        "steps": steps,
         "result": {
             "sockets_per_process": per_process,
             "processes": processes,
