@@ -530,10 +530,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"seeded {args.msg_followers} + 3 x {args.followers} followers in "
                       f"{out['seed_s']} s", flush=True)  # fmt: skip
                 if "messages" in args.phases:
+                    out.setdefault("load_at_phase", {})["messages"] = h.loadavg()
                     print("phase 1: Redis messages per post", flush=True)
                     out["messages"] = await messages_per_post(url, prefix, tmp, store, msg_aud,
                                                               args.msg_posts, args.few)  # fmt: skip
                 if "fanout" in args.phases:
+                    out.setdefault("load_at_phase", {})["fan-out"] = h.loadavg()
                     print("phase 2: fan-out with 1, 2, 4 processes", flush=True)
                     with contextlib.ExitStack() as stack:
                         fan = await fanout_by_processes(url, prefix, tmp, store, audiences,
@@ -544,6 +546,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await store.redis.aclose()
             if "tray" in args.phases:
+                out.setdefault("load_at_phase", {})["tray"] = h.loadavg()
                 print("phase 3: tray, one Redis vs a cluster", flush=True)
                 out["tray"] = await tray_versus_cluster(url, prefix, tmp, args)
     m["loadavg_at_end"] = h.loadavg()
