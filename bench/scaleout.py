@@ -27,7 +27,8 @@
    per sign-in.
 
 Nothing should run beside it: with `--max-load` (default 1.5) it waits up to
-`--wait-s` for the 1-minute load average to fall below that before starting.
+`--wait-s` for the 1-minute load average to fall below that before starting,
+and up to 3 minutes before each phase (the last phase's own load decays).
 """
 
 from __future__ import annotations
@@ -530,12 +531,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"seeded {args.msg_followers} + 3 x {args.followers} followers in "
                       f"{out['seed_s']} s", flush=True)  # fmt: skip
                 if "messages" in args.phases:
-                    out.setdefault("load_at_phase", {})["messages"] = h.loadavg()
+                    out.setdefault("load_at_phase", {})["messages"] = wait_for_quiet(
+                        args.max_load, 180
+                    )
                     print("phase 1: Redis messages per post", flush=True)
                     out["messages"] = await messages_per_post(url, prefix, tmp, store, msg_aud,
                                                               args.msg_posts, args.few)  # fmt: skip
                 if "fanout" in args.phases:
-                    out.setdefault("load_at_phase", {})["fan-out"] = h.loadavg()
+                    out.setdefault("load_at_phase", {})["fan-out"] = wait_for_quiet(
+                        args.max_load, 180
+                    )
                     print("phase 2: fan-out with 1, 2, 4 processes", flush=True)
                     with contextlib.ExitStack() as stack:
                         fan = await fanout_by_processes(url, prefix, tmp, store, audiences,
@@ -546,7 +551,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await store.redis.aclose()
             if "tray" in args.phases:
-                out.setdefault("load_at_phase", {})["tray"] = h.loadavg()
+                out.setdefault("load_at_phase", {})["tray"] = wait_for_quiet(args.max_load, 180)
                 print("phase 3: tray, one Redis vs a cluster", flush=True)
                 out["tray"] = await tray_versus_cluster(url, prefix, tmp, args)
     m["loadavg_at_end"] = h.loadavg()
