@@ -16,7 +16,7 @@ lint:
 
 bench:  ## run every benchmark; results in docs/benchmarks.md and bench/results/
 	scripts/bootstrap.sh test
-	for b in bench/tray.py bench/post.py bench/upload_memory.py bench/capture.py bench/fanout.py bench/seen.py bench/push_instructions.py; do .venv/bin/python $$b || exit 1; done
+	for b in bench/tray.py bench/post.py bench/upload_memory.py bench/capture.py bench/fanout.py bench/seen.py bench/push_instructions.py bench/scaleout.py; do .venv/bin/python $$b || exit 1; done
 
 clean:
 	rm -rf .venv var .pytest_cache .mypy_cache .ruff_cache

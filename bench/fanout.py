@@ -422,6 +422,14 @@ class Target:
             return [line for line in data.decode(errors="replace").splitlines() if line.strip()]
         return []
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server so far (a group of processes: their sum)."""
+        return cpu_s(self.pid)
+
+    def sys_s(self) -> float:
+        """Kernel-mode CPU seconds of the server so far."""
+        return sys_s(self.pid)
+
 
 def cpu_s(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
@@ -454,7 +462,7 @@ async def run_phase(
     followers = t.pool.connected
     expected = followers * posts
     t.new_log_lines()
-    cpu0, sys0, ccpu0 = cpu_s(t.pid), sys_s(t.pid), t.pool.cpu_s()
+    cpu0, sys0, ccpu0 = t.cpu_s(), t.sys_s(), t.pool.cpu_s()
     t0 = time.time()
     start = time.perf_counter()
     for i in range(posts):
@@ -474,7 +482,7 @@ async def run_phase(
             complete = True
             break
         await asyncio.sleep(0.05)
-    cpu1, sys1 = cpu_s(t.pid), sys_s(t.pid)
+    cpu1, sys1 = t.cpu_s(), t.sys_s()
     wall_s = time.perf_counter() - start
     ccpu1 = t.pool.cpu_s()
     if not complete:  # let the backlog clear (bounded) so the next phase starts clean
