@@ -1015,7 +1015,7 @@ phases marked "clients / machine" show the machine's limit, not the server's.
 - p99 at 10 posts/s ≤ {TARGET_P99_RATIO}x the baseline's: {_met(t["p99_10ps"]["met"])} ({t["p99_10ps"]["value"]}x);
 - delivered/s at saturation ≥ {TARGET_RATE_RATIO}x the baseline's: {_met(t["rate_at_saturation"]["met"])} ({sat});
 - server CPU per delivered event ≤ {TARGET_CPU_RATIO}x the baseline's: {_met(t["cpu_per_delivery"]["met"])} ({t["cpu_per_delivery"]["range"][0]}x to {t["cpu_per_delivery"]["range"][1]}x over all phases);
-- idle connection ≤ the bare uvicorn floor (`uvicorn-idle`, same run) + {TARGET_IDLE_OVER_FLOOR_KIB:g} KiB of server RSS: {_met(idle["met"])} ({", ".join(f"{v} KiB at {k:,}" for k, v in idle["value"].items())}; the floor is {", ".join(f"{v} KiB" for v in idle["framework_floor"].values())}, so the stories server's own state adds {", ".join(f"{v} KiB" for v in hub_extra.values())});
+- idle connection ≤ the bare uvicorn floor (`uvicorn-idle`, same run) + {TARGET_IDLE_OVER_FLOOR_KIB:g} KiB of server RSS: {_met(idle["met"])} ({", ".join(f"{v} KiB at {int(k):,}" for k, v in idle["value"].items())}; the floor is {", ".join(f"{v} KiB" for v in idle["framework_floor"].values())}, so the stories server's own state adds {", ".join(f"{v} KiB" for v in hub_extra.values())});
 {storm_targets}
 {phase_table}
 
@@ -1077,11 +1077,7 @@ def main() -> int:
         run = asyncio.run(main_async(args))
         run["judged"] = judge(run)
         print(f"results: {h.write_results(NAME, run)}")
-    md = report(run)
-    print(md)
-    if not args.no_doc:
-        print(f"updated {h.update_doc(NAME, md)}")
-    return 0
+    return h.publish(NAME, report(run), args.no_doc)
 
 
 if __name__ == "__main__":

@@ -600,8 +600,4 @@ def run_cli(args: Any) -> int:
     else:
         run = asyncio.run(main_async(args))
         print(f"results: {h.write_results(NAME, run)}")
-    md = report(run)
-    print(md)
-    if not args.no_doc:
-        print(f"updated {h.update_doc(NAME, md)}")
-    return 0
+    return h.publish(NAME, report(run), args.no_doc)

@@ -484,6 +484,15 @@ def update_doc(name: str, body: str) -> Path:
     return DOC
 
 
+def publish(name: str, md: str, no_doc: bool = False) -> int:
+    """Print a benchmark's report `md` and (unless `no_doc`) write it into its section of
+    docs/benchmarks.md; the exit code of a benchmark that ran (0)."""
+    print(md)
+    if not no_doc:
+        print(f"updated {update_doc(name, md)}")
+    return 0
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]

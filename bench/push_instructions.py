@@ -122,11 +122,7 @@ def main() -> int:
     args = p.parse_args()
     res = run(args)
     print(f"results: {h.write_results(NAME, res)}")
-    md = report(res)
-    print(md)
-    if not args.no_doc:
-        print(f"updated {h.update_doc(NAME, md)}")
-    return 0
+    return h.publish(NAME, report(res), args.no_doc)
 
 
 if __name__ == "__main__":

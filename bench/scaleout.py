@@ -598,11 +598,7 @@ def main() -> int:
         print(f"load average at start {load} ({os.cpu_count()} CPUs)", flush=True)
         run = asyncio.run(main_async(args))
         print(f"results: {h.write_results(NAME, run)}")
-    md = render(run)
-    print(md)
-    if not args.no_doc:
-        print(f"updated {h.update_doc(NAME, md)}")
-    return 0
+    return h.publish(NAME, render(run), args.no_doc)
 
 
 if __name__ == "__main__":

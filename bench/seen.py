@@ -497,11 +497,7 @@ def main() -> int:
     else:
         run = asyncio.run(main_async(args))
         print(f"results: {h.write_results(NAME, run)}")
-    md = report(run)
-    print(md)
-    if not args.no_doc:
-        print(f"updated {h.update_doc(NAME, md)}")
-    return 0
+    return h.publish(NAME, report(run), args.no_doc)
 
 
 if __name__ == "__main__":
