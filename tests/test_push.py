@@ -133,7 +133,8 @@ async def test_auth_by_first_frame_and_refusals(live):
             with pytest.raises(websockets.ConnectionClosed) as info:
                 await asyncio.wait_for(ws.recv(), 2)
             assert info.value.rcvd.code == 4001, query
-    for frame in ("not json", orjson.dumps({"op": "auth", "token": alice.token}).decode()):
+    long_op = orjson.dumps({"op": "é" * 60}).decode()  # its echo in the reason: 120 bytes+
+    for frame in ("not json", orjson.dumps({"op": "auth", "token": alice.token}).decode(), long_op):
         async with websockets.connect(f"{live.ws_url}?token={alice.token}") as ws:
             await ws.send(frame)  # malformed; auth once signed in
             with pytest.raises(websockets.ConnectionClosed) as info:

@@ -59,6 +59,22 @@ async def refuse(ws: WebSocket, settings: Settings) -> None:
         await ws.close(codes.WS_1012_SERVICE_RESTART)
 
 
+MAX_REASON_BYTES = 123  # RFC 6455 section 5.5: a control frame's payload is at most 125 bytes
+
+
+def close_reason(reason: str) -> str:
+    """`reason` cut to what a close frame can carry: 123 bytes of UTF-8, whole characters.
+
+    A reason echoing client input (an unknown op's name) may be non-ASCII; cut by
+    characters it could exceed the frame, and the close would fail: a 1006, not
+    the documented code.
+    """
+    data = reason.encode()
+    return (
+        reason if len(data) <= MAX_REASON_BYTES else data[:MAX_REASON_BYTES].decode(errors="ignore")
+    )
+
+
 class RateGate:
     """Token bucket for client ops: `rate` per second, bursts up to `2 * rate`."""
 
@@ -110,7 +126,7 @@ class _Socket(WebSocket):
 
     async def close_quietly(self, code: int, reason: str = "") -> None:
         with contextlib.suppress(Exception):
-            await self.close(code, reason[:120])
+            await self.close(code, close_reason(reason))
 
 
 def serve(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
