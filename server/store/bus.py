@@ -81,8 +81,6 @@ class Bus:
 
     async def tell(self, uid: str, event: Event) -> None:
         """Publish one personal event for user `uid` now (one round trip)."""
-        channel, payload = self.keys.inbox_channel(uid), events.encode(event)
-        if self.command == "PUBLISH":
-            await self.redis.publish(channel, payload)
-        else:
-            await self.redis.execute_command("SPUBLISH", channel, payload)
+        await self.redis.execute_command(
+            self.command, self.keys.inbox_channel(uid), events.encode(event)
+        )
